@@ -1,0 +1,158 @@
+"""Benchmark harness: registry, timing, peak memory, and the report (JSON + Markdown table).
+
+Every figure is reported against something measured in the same run: a machine limit from
+:mod:`limits` (``ratio_to_limit`` = measured time / roofline time, so 1.0 is the limit) or a peer
+tool on the same inputs (``ratio_to_peer`` = peer time / our time, so above 1 we are faster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Record:
+    """One benchmark figure."""
+
+    name: str
+    value: float
+    unit: str
+    ratio_to_limit: float | None = None
+    limit: str | None = None
+    peer: str | None = None
+    ratio_to_peer: float | None = None
+    accuracy: float | None = None
+    accuracy_unit: str | None = None
+    peak_memory_MB: float | None = None
+    notes: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+
+BenchFn = Callable[[dict[str, float]], list[Record]]
+REGISTRY: dict[str, BenchFn] = {}
+
+
+def benchmark(name: str) -> Callable[[BenchFn], BenchFn]:
+    """Register ``fn(limits) -> [Record, ...]`` under ``name``."""
+
+    def register(fn: BenchFn) -> BenchFn:
+        REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def best_time_s(fn: Callable[[], object], *, repeat: int = 3, min_time_s: float = 0.0) -> float:
+    """Best wall time of ``repeat`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    start_all = time.perf_counter()
+    n = 0
+    while n < repeat or time.perf_counter() - start_all < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        n += 1
+    return best
+
+
+def peak_traced_MB(fn: Callable[[], object]) -> float:
+    """Peak Python + numpy heap allocation (MB) during ``fn()``, from tracemalloc."""
+    tracemalloc.start()
+    try:
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak / 1e6
+
+
+@dataclass
+class ProcessResult:
+    returncode: int
+    wall_s: float
+    peak_rss_MB: float
+    output: str
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 3600,
+) -> ProcessResult:
+    """Run a peer command; its wall time and its own peak RSS (``wait4`` of that child)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+        proc.stdout.close() if proc.stdout else None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ProcessResult(proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, out)
+
+
+def write_report(
+    records: list[Record], limits: dict[str, float], out_dir: Path
+) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    md_path = out_dir / "results.md"
+    payload = {
+        "machine": {"cpus": os.cpu_count(), **limits},
+        "records": [r.as_dict() for r in records],
+    }
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    md_path.write_text(markdown_table(records, limits))
+    return json_path, md_path
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}g}"
+
+
+def markdown_table(records: list[Record], limits: dict[str, float]) -> str:
+    lines = ["# Benchmark results", "", "Machine limits measured in this run:", ""]
+    lines += [f"- `{k}`: {_fmt(v, 4)}" for k, v in limits.items()]
+    lines += [
+        "",
+        (
+            "| benchmark | value | unit | ratio to limit (1 = limit) | peer | peer time / ours "
+            "| accuracy | peak MB |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        acc = "" if r.accuracy is None else f"{_fmt(r.accuracy)} {r.accuracy_unit or ''}".strip()
+        limit = "" if r.ratio_to_limit is None else f"{_fmt(r.ratio_to_limit)} ({r.limit})"
+        lines.append(
+            f"| {r.name} | {_fmt(r.value, 4)} | {r.unit} | {limit} | {r.peer or ''} "
+            f"| {_fmt(r.ratio_to_peer)} | {acc} | {_fmt(r.peak_memory_MB)} |"
+        )
+    return "\n".join(lines) + "\n"

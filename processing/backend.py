@@ -1,0 +1,286 @@
+"""Array backend: the array module follows the input.
+
+Every algorithm starts with ``xp = array_module(x)`` and calls only ``xp`` and the helpers
+here, so one code path runs on numpy (CPU) and CuPy (NVIDIA GPU). There is no global
+backend switch. FFTs are real-to-complex and single precision by default; on the CPU they
+go through :mod:`scipy.fft` with ``workers=`` threads, on the GPU through
+:mod:`cupyx.scipy.fft` (cuFFT plans cached by CuPy).
+
+Conventions
+-----------
+* Arrays are float32 unless the caller passes float64.
+* Fourier arrays are ``rfftn`` half-spectra with the zero frequency at index 0 (not centred).
+* Spatial frequencies are in cycles per pixel unless a name says ``_per_A`` (1/Å).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft
+
+try:  # pragma: no cover - exercised only where CuPy and a GPU exist
+    import cupy as _cupy
+    import cupyx.scipy.fft as _cupy_fft
+except ImportError:  # the CPU-only install
+    _cupy = None
+    _cupy_fft = None
+
+Array = Any
+"""A numpy or CuPy array (typed loosely so that one signature covers both)."""
+
+DEFAULT_DTYPE = np.float32
+
+
+def fft_workers() -> int:
+    """Number of CPU threads for scipy.fft: ``CRYOKUBE_FFT_WORKERS`` or all cores."""
+    value = os.environ.get("CRYOKUBE_FFT_WORKERS")
+    if value:
+        return max(1, int(value))
+    return os.cpu_count() or 1
+
+
+def gpu_available() -> bool:
+    """True when CuPy is importable and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:  # pragma: no cover - GPU only
+        return bool(_cupy.cuda.runtime.getDeviceCount() > 0)
+    except Exception:  # pragma: no cover - driver missing  # noqa: BLE001
+        return False
+
+
+def array_module(*arrays: Array) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    if _cupy is not None:  # pragma: no cover - GPU only
+        return cast(ModuleType, _cupy.get_array_module(*arrays))
+    return np
+
+
+def fft_module(x: Array) -> ModuleType:
+    """The scipy.fft-compatible module for ``x`` (scipy.fft or cupyx.scipy.fft)."""
+    if array_module(x) is np:
+        return cast(ModuleType, scipy.fft)
+    return cast(ModuleType, _cupy_fft)  # pragma: no cover - GPU only
+
+
+def to_device(x: npt.ArrayLike, device: str = "cpu") -> Array:
+    """Copy a host array to ``device`` (``"cpu"`` or ``"gpu"``); used by io and job code only."""
+    if device == "cpu":
+        return np.asarray(x)
+    if device == "gpu":
+        if _cupy is None:
+            raise ValueError("device='gpu' requested but CuPy is not installed")
+        return _cupy.asarray(x)  # pragma: no cover - GPU only
+    raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+
+
+def to_host(x: Array) -> npt.NDArray[Any]:
+    """Return ``x`` as a numpy array (a no-op for numpy input)."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.get()  # type: ignore[no-any-return]  # pragma: no cover - GPU only
+
+
+def as_float(x: Array, dtype: npt.DTypeLike | None = None) -> Array:
+    """``x`` as a floating array on its own device: float32 unless float64 was given."""
+    xp = array_module(x)
+    if dtype is None:
+        dtype = np.float64 if getattr(x, "dtype", None) == np.float64 else DEFAULT_DTYPE
+    return xp.asarray(x, dtype=dtype)
+
+
+def _fft_kwargs(x: Array) -> dict[str, int]:
+    return {"workers": fft_workers()} if array_module(x) is np else {}
+
+
+def rfftn(x: Array, *, axes: tuple[int, ...] | None = None) -> Array:
+    """Real-to-complex FFT over ``axes`` (default: the last 2 for 2D or 3 for 3D data)."""
+    x = as_float(x)
+    return fft_module(x).rfftn(x, axes=axes, **_fft_kwargs(x))
+
+
+def irfftn(f: Array, shape: tuple[int, ...], *, axes: tuple[int, ...] | None = None) -> Array:
+    """Inverse of :func:`rfftn`; ``shape`` is the real-space shape of the transformed axes."""
+    out = fft_module(f).irfftn(f, s=shape, axes=axes, **_fft_kwargs(f))
+    return out.astype(np.float64 if f.dtype == np.complex128 else DEFAULT_DTYPE, copy=False)
+
+
+def rfft2(x: Array) -> Array:
+    """Real-to-complex 2D FFT over the last two axes (batched over leading axes)."""
+    return rfftn(x, axes=(-2, -1))
+
+
+def irfft2(f: Array, shape: tuple[int, int]) -> Array:
+    """Inverse of :func:`rfft2` for an output of ``shape`` (ny, nx)."""
+    return irfftn(f, shape, axes=(-2, -1))
+
+
+def fft_freqs(shape: tuple[int, ...], *, xp: ModuleType = np, rfft: bool = True) -> list[Array]:
+    """Per-axis frequency grids (cycles/pixel), broadcastable, for an ``rfftn`` of ``shape``.
+
+    The last axis holds the non-negative half when ``rfft`` is true.
+    """
+    grids = []
+    ndim = len(shape)
+    for axis, n in enumerate(shape):
+        if rfft and axis == ndim - 1:
+            f = xp.fft.rfftfreq(n).astype(DEFAULT_DTYPE)
+        else:
+            f = xp.fft.fftfreq(n).astype(DEFAULT_DTYPE)
+        view = [1] * ndim
+        view[axis] = f.size
+        grids.append(f.reshape(view))
+    return grids
+
+
+def radial_frequency(shape: tuple[int, ...], *, xp: ModuleType = np, rfft: bool = True) -> Array:
+    """Magnitude of spatial frequency (cycles/pixel) on an ``rfftn`` grid of ``shape``."""
+    grids = fft_freqs(shape, xp=xp, rfft=rfft)
+    return xp.sqrt(sum(g * g for g in grids))
+
+
+def fourier_shift(f: Array, shifts_px: Array, shape: tuple[int, ...]) -> Array:
+    """Apply real-space translations to ``rfftn`` spectra by a phase ramp.
+
+    Parameters
+    ----------
+    f : complex array of shape (..., *half_spectrum_shape)
+        Batched spectra of real images/volumes of real-space ``shape``.
+    shifts_px : array of shape (..., ndim)
+        Translations in pixels, ordered like the axes (``(dy, dx)`` in 2D). A positive
+        shift moves content towards higher indices.
+    shape : tuple
+        Real-space shape of the transformed axes.
+    """
+    xp = array_module(f)
+    shifts = xp.asarray(shifts_px, dtype=DEFAULT_DTYPE)
+    ndim = len(shape)
+    if shifts.shape[-1] != ndim:
+        raise ValueError(f"shifts_px must end in {ndim} components, got shape {shifts.shape}")
+    grids = fft_freqs(shape, xp=xp)
+    phase = 0
+    lead = shifts.shape[:-1]
+    for axis, g in enumerate(grids):
+        s = shifts[..., axis].reshape(lead + (1,) * ndim)
+        phase = phase + s * g
+    ramp = xp.exp((-2j * np.pi) * phase).astype(f.dtype)
+    return f * ramp
+
+
+def shift_image(x: Array, shifts_px: Array) -> Array:
+    """Translate real images (..., ny, nx) by ``shifts_px`` (..., 2) as ``(dy, dx)`` pixels."""
+    shape = tuple(x.shape[-2:])
+    return irfft2(fourier_shift(rfft2(x), shifts_px, shape), shape)
+
+
+def fourier_crop(f: Array, shape: tuple[int, ...], new_shape: tuple[int, ...]) -> Array:
+    """Crop (down-sample) or zero-pad (up-sample) ``rfftn`` spectra to ``new_shape``.
+
+    ``shape`` and ``new_shape`` are real-space shapes of the trailing axes. The result is scaled
+    so that real-space values (not sums) are preserved, as in cryoSPARC's Fourier crop.
+    Nyquist terms of even sizes are handled by keeping ``min(n, m)//2`` frequencies per side.
+    """
+    xp = array_module(f)
+    ndim = len(shape)
+    if len(new_shape) != ndim:
+        raise ValueError("new_shape must have as many axes as shape")
+    lead = f.shape[:-ndim]
+    out_half = (*new_shape[:-1], new_shape[-1] // 2 + 1)
+    out = xp.zeros(lead + out_half, dtype=f.dtype)
+    src: list[Any] = [slice(None)] * len(lead)
+    dst: list[Any] = [slice(None)] * len(lead)
+    # full axes: keep low positive and negative frequencies
+    index_pairs: list[list[tuple[slice, slice]]] = []
+    for n, m in zip(shape[:-1], new_shape[:-1], strict=True):
+        k = min(n, m)
+        pos = (k + 1) // 2
+        neg = k // 2
+        pairs = [(slice(0, pos), slice(0, pos))]
+        if neg:
+            pairs.append((slice(n - neg, n), slice(m - neg, m)))
+        index_pairs.append(pairs)
+    kx = min(shape[-1], new_shape[-1]) // 2 + 1
+    last = (slice(0, kx), slice(0, kx))
+
+    def _combos(level: int, acc_s: list[Any], acc_d: list[Any]) -> None:
+        if level == ndim - 1:
+            out[tuple(dst + acc_d + [last[1]])] = f[tuple(src + acc_s + [last[0]])]
+            return
+        for s, d in index_pairs[level]:
+            _combos(level + 1, [*acc_s, s], [*acc_d, d])
+
+    _combos(0, [], [])
+    scale = float(np.prod(new_shape)) / float(np.prod(shape))
+    return out * scale
+
+
+def fourier_resample(x: Array, new_shape: tuple[int, ...]) -> Array:
+    """Resample real images/volumes (trailing ``len(new_shape)`` axes) by Fourier crop/pad."""
+    ndim = len(new_shape)
+    shape = tuple(x.shape[-ndim:])
+    axes = tuple(range(-ndim, 0))
+    f = rfftn(x, axes=axes)
+    return irfftn(fourier_crop(f, shape, new_shape), new_shape, axes=axes)
+
+
+def radial_average(
+    values: Array, shape: tuple[int, ...], *, rfft: bool = True, n_bins: int | None = None
+) -> Array:
+    """Average ``values`` on an FFT grid of real-space ``shape`` over shells of |k|.
+
+    Returns an array of length ``n_bins`` (default ``min(shape)//2 + 1``); bin ``i`` holds
+    frequencies with ``round(|k| * min(shape)) == i`` (cycles per box). Empty bins are 0.
+    Leading axes of ``values`` are treated as a batch.
+    """
+    xp = array_module(values)
+    n = min(shape)
+    n_bins = n // 2 + 1 if n_bins is None else n_bins
+    r = radial_frequency(shape, xp=xp, rfft=rfft) * n
+    idx = xp.rint(r).astype(xp.int64).ravel()
+    keep = idx < n_bins
+    idx = idx[keep]
+    ndim = len(shape)
+    lead = values.shape[:-ndim]
+    flat = values.reshape((*lead, -1))[..., keep]
+    counts = xp.bincount(idx, minlength=n_bins)[:n_bins]
+    if lead:
+        flat2 = flat.reshape(-1, flat.shape[-1])
+        sums = xp.stack([xp.bincount(idx, weights=row, minlength=n_bins) for row in flat2])
+        sums = sums.reshape((*lead, n_bins))
+    else:
+        sums = xp.bincount(idx, weights=flat, minlength=n_bins)[:n_bins]
+    return (sums / xp.maximum(counts, 1)).astype(DEFAULT_DTYPE)
+
+
+def rotate_image(x: Array, angle_deg: float, *, order: int = 1) -> Array:
+    """Rotate images (..., ny, nx) counter-clockwise by ``angle_deg`` about the box centre.
+
+    Counter-clockwise with x along columns and y along rows, y pointing up (how cryo-EM
+    programs display images): a point at ``(x, y) = (r, 0)`` from the centre moves to ``(0, r)``.
+    The centre is pixel ``(n//2, n//2)`` (the FFT origin after ``fftshift``), the cryo-EM
+    convention. Uses ``scipy.ndimage`` / ``cupyx.scipy.ndimage`` with interpolation ``order``.
+    """
+    xp = array_module(x)
+    if xp is np:
+        import scipy.ndimage as ndi
+    else:  # pragma: no cover - GPU only
+        import cupyx.scipy.ndimage as ndi
+    ny, nx = x.shape[-2:]
+    theta = np.deg2rad(angle_deg)
+    c, s = np.cos(theta), np.sin(theta)
+    # output (y, x) -> input coordinates: inverse rotation about the centre
+    matrix = np.array([[c, -s], [s, c]])
+    centre = np.array([ny // 2, nx // 2], dtype=float)
+    offset = centre - matrix @ centre
+    full = np.eye(x.ndim)
+    full[-2:, -2:] = matrix
+    full_offset = np.zeros(x.ndim)
+    full_offset[-2:] = offset
+    return ndi.affine_transform(
+        x, xp.asarray(full), offset=xp.asarray(full_offset), order=order, mode="constant"
+    )
