@@ -1,0 +1,96 @@
+"""A project root on a POSIX file system (a ReadWriteMany volume shared by all pods)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+from cryokube.processing.storage.base import StorageError, as_context
+from cryokube.processing.storage.paths import confine_path
+
+TEMP_MARKER = ".cryokube-tmp-"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{path.name}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` (kernel-side copy where available), published by a rename."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{dst.name}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class PosixStorage:
+    """Objects are files under ``root``; writes are atomic renames within the same folder."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise StorageError(f"project root {self.root} does not exist or is not a folder")
+
+    def __repr__(self) -> str:
+        return f"PosixStorage({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The confined absolute path of ``key``."""
+        return confine_path(self.root, key)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = confine_path(self.root, prefix, allow_root=True)
+        if not base.is_dir():
+            return []
+        root = self.root.resolve()
+        keys = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if not name.startswith(TEMP_MARKER):
+                    keys.append(Path(dirpath, name).relative_to(root).as_posix())
+        return sorted(keys)
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self.path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{key}: no such object in {self.root}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        atomic_write(self.path(key), data)
+
+    def put_file(self, local_path: Path, key: str) -> None:
+        target = self.path(key)
+        if Path(local_path).resolve() == target:
+            return
+        atomic_copy(Path(local_path), target)
+
+    def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]:
+        path = self.path(key)
+        if not path.is_file():
+            raise StorageError(f"{key}: no such object in {self.root}")
+        return as_context(path)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
