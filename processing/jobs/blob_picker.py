@@ -1,0 +1,55 @@
+"""``blob_picker``: reference-free picking with Gaussian blobs of a diameter range.
+
+References
+----------
+Punjani, A. et al. cryoSPARC: algorithms for rapid unsupervised cryo-EM structure
+determination. Nat. Methods 14, 290-296 (2017). doi:10.1038/nmeth.4169
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import model_validator
+
+from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+
+
+class Params(JobParams):
+    """cryoSPARC's *Blob Picker* parameters."""
+
+    diameter_min_A: float = param(
+        100.0, description="Smallest particle diameter", unit="A", gt=0.0, le=5000.0
+    )
+    diameter_max_A: float = param(
+        200.0, description="Largest particle diameter", unit="A", gt=0.0, le=5000.0
+    )
+    lowpass_res_A: float = param(
+        20.0, description="Low-pass filter applied before picking", unit="A", gt=0.0, le=200.0
+    )
+    min_separation: float = param(
+        1.0, description="Minimum distance between picks, in particle diameters", ge=0.1, le=10.0
+    )
+    max_num_hits: int = param(4000, description="Most picks kept per micrograph", ge=1, le=100000)
+    use_elliptical: bool = param(False, description="Also match elliptical blobs")
+
+    @model_validator(mode="after")
+    def _diameters_ordered(self) -> Self:
+        if self.diameter_max_A < self.diameter_min_A:
+            raise ValueError(
+                f"diameter_max_A ({self.diameter_max_A} A) must not be below "
+                f"diameter_min_A ({self.diameter_min_A} A)"
+            )
+        return self
+
+
+JOB = JobType(
+    name="blob_picker",
+    title="Blob Picker",
+    description="Pick particles by normalised cross-correlation with blobs of a diameter range.",
+    params=Params,
+    inputs=(InputSlot("micrographs", DataKind.MICROGRAPHS, "Micrographs with CTF"),),
+    outputs=(OutputGroup("particles", DataKind.PARTICLES, "Particle locations"),),
+    uses_gpu=True,
+    shardable=True,
+)
