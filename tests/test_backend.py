@@ -1,73 +1,162 @@
-"""Array backend invariants on the numpy path (the CuPy path runs the same functions)."""
+"""Array backend invariants, run on numpy and (where a GPU exists) on CuPy.
+
+The ``xp`` fixture is the CPU/GPU parity fixture: every test that takes it runs once per
+array module, the CuPy run marked ``gpu`` and skipped without a device, after
+``cupy.testing.numpy_cupy_allclose``. Tolerances are keyed by dtype.
+"""
 
 from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 from cryokube.processing import backend as bk
 
+ATOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("numpy", id="numpy"),
+        pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
+    ]
+)
+def xp(request: pytest.FixtureRequest) -> ModuleType:
+    """The array module under test: numpy, or cupy when CuPy sees a GPU."""
+    if request.param == "numpy":
+        return np
+    if not bk.gpu_available():
+        pytest.skip("CuPy with a CUDA device is not available")
+    import cupy  # pragma: no cover - GPU only
+
+    return cupy  # pragma: no cover - GPU only
+
 
 @pytest.fixture(params=[(64, 64), (63, 65)], ids=["even", "odd"])
-def image(request: pytest.FixtureRequest) -> np.ndarray:
-    return np.random.default_rng(1).standard_normal(request.param).astype(np.float32)
+def shape(request: pytest.FixtureRequest) -> tuple[int, int]:
+    return tuple(request.param)  # type: ignore[return-value]
 
 
-def test_array_module_follows_input(image: np.ndarray) -> None:
-    assert bk.array_module(image) is np
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request: pytest.FixtureRequest) -> np.dtype[Any]:
+    return np.dtype(request.param)
+
+
+def _image(shape: tuple[int, ...], dtype: Any = np.float32, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def test_array_module_follows_input(xp: ModuleType) -> None:
+    image = xp.asarray(_image((16, 16)))
+    assert bk.array_module(image) is xp
+    assert bk.array_module(np.zeros(3)) is np
     assert bk.rfft2(image).dtype == np.complex64
     assert bk.rfft2(image.astype(np.float64)).dtype == np.complex128
+    assert type(bk.shift_image(image, xp.asarray([1.0, 0.0]))) is type(image)
 
 
-def test_rfft_round_trip_and_parseval(image: np.ndarray) -> None:
-    f = bk.rfft2(image)
-    back = bk.irfft2(f, image.shape)
-    assert back.dtype == np.float32
-    np.testing.assert_allclose(back, image, atol=1e-5)
-    full = np.fft.fft2(image)
-    np.testing.assert_allclose(np.sum(np.abs(full) ** 2) / image.size, np.sum(image**2), rtol=1e-4)
+def test_rfft_round_trip_and_parseval(
+    xp: ModuleType, shape: tuple[int, int], dtype: np.dtype[Any]
+) -> None:
+    host = _image(shape, dtype)
+    image = xp.asarray(host)
+    back = bk.irfft2(bk.rfft2(image), shape)
+    assert back.dtype == dtype
+    np.testing.assert_allclose(bk.to_host(back), host, atol=ATOL[dtype])
+    full = np.fft.fft2(host.astype(np.float64))
+    np.testing.assert_allclose(np.sum(np.abs(full) ** 2) / host.size, np.sum(host**2.0), rtol=1e-6)
 
 
-def test_integer_fourier_shift_equals_roll(image: np.ndarray) -> None:
-    shifted = bk.shift_image(image, np.array([3.0, -5.0]))
-    np.testing.assert_allclose(shifted, np.roll(image, (3, -5), axis=(0, 1)), atol=1e-4)
+def test_rfftn_3d_round_trip(xp: ModuleType) -> None:
+    host = _image((12, 13, 14))
+    back = bk.irfftn(bk.rfftn(xp.asarray(host)), host.shape)
+    np.testing.assert_allclose(bk.to_host(back), host, atol=1e-5)
 
 
-def test_batched_shifts() -> None:
-    stack = np.random.default_rng(2).standard_normal((3, 32, 32)).astype(np.float32)
+def test_integer_fourier_shift_equals_roll(xp: ModuleType, shape: tuple[int, int]) -> None:
+    host = _image(shape)
+    shifted = bk.shift_image(xp.asarray(host), xp.asarray([3.0, -5.0]))
+    np.testing.assert_allclose(bk.to_host(shifted), np.roll(host, (3, -5), axis=(0, 1)), atol=1e-4)
+
+
+def test_subpixel_shift_moves_a_smooth_blob_by_the_requested_px(xp: ModuleType) -> None:
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    blob = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 3.0**2)).astype(np.float32)
+    shifted = bk.to_host(bk.shift_image(xp.asarray(blob), xp.asarray([0.25, -1.5])))
+    total = shifted.sum()
+    centre = ((shifted * yy).sum() / total, (shifted * xx).sum() / total)
+    np.testing.assert_allclose(centre, (32.25, 30.5), atol=1e-3)  # px
+
+
+def test_batched_shifts(xp: ModuleType) -> None:
+    stack = _image((3, 32, 32), seed=2)
     shifts = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
-    out = bk.shift_image(stack, shifts)
+    out = bk.to_host(bk.shift_image(xp.asarray(stack), xp.asarray(shifts)))
     for i in range(3):
         expected = np.roll(stack[i], shifts[i].astype(int), axis=(0, 1))
         np.testing.assert_allclose(out[i], expected, atol=1e-4)
 
 
-def test_fourier_crop_keeps_low_frequencies_and_mean() -> None:
+def test_fourier_crop_keeps_low_frequencies_and_mean(xp: ModuleType) -> None:
     x = np.mgrid[0:64, 0:64][1]
     wave = (2.0 + np.cos(2 * np.pi * 3 * x / 64)).astype(np.float32)
-    small = bk.fourier_resample(wave, (32, 32))
+    small = bk.fourier_resample(xp.asarray(wave), (32, 32))
     xs = np.mgrid[0:32, 0:32][1]
-    np.testing.assert_allclose(small, 2.0 + np.cos(2 * np.pi * 3 * xs / 32), atol=1e-5)
+    np.testing.assert_allclose(bk.to_host(small), 2.0 + np.cos(2 * np.pi * 3 * xs / 32), atol=1e-5)
     big = bk.fourier_resample(small, (64, 64))
-    np.testing.assert_allclose(big, wave, atol=1e-5)
+    np.testing.assert_allclose(bk.to_host(big), wave, atol=1e-5)
 
 
-def test_radial_average_of_radial_function() -> None:
+def test_fourier_resample_odd_volume_preserves_mean(xp: ModuleType) -> None:
+    vol = _image((15, 15, 15)) + 3.0
+    small = bk.to_host(bk.fourier_resample(xp.asarray(vol), (9, 9, 9)))
+    assert small.shape == (9, 9, 9)
+    np.testing.assert_allclose(small.mean(), vol.mean(), rtol=1e-5)
+
+
+def test_radial_average_of_radial_function(xp: ModuleType) -> None:
     shape = (64, 64)
-    k = bk.radial_frequency(shape)
-    prof = bk.radial_average(k * 64, shape)
+    k = bk.radial_frequency(shape, xp=xp)
+    prof = bk.to_host(bk.radial_average(k * 64, shape))
     assert prof.shape == (33,)
     np.testing.assert_allclose(prof[1:32], np.arange(1, 32), atol=0.35)
 
 
-def test_rotate_by_90_degrees_matches_rot90() -> None:
+def test_radial_average_batched_equals_single(xp: ModuleType) -> None:
+    shape = (32, 32)
+    values = xp.asarray(np.abs(_image((2, 32, 17))))
+    batched = bk.to_host(bk.radial_average(values, shape))
+    for i in range(2):
+        np.testing.assert_allclose(
+            batched[i], bk.to_host(bk.radial_average(values[i], shape)), rtol=1e-6
+        )
+
+
+def test_rotate_by_90_degrees_matches_rot90(xp: ModuleType) -> None:
     img = np.zeros((33, 33), dtype=np.float32)
     img[16, 26] = 1.0  # on the +x axis, 10 px from the centre
-    rotated = bk.rotate_image(img, 90.0)
+    rotated = bk.to_host(bk.rotate_image(xp.asarray(img), 90.0))
     # (x, y) = (10, 0) from the centre goes to (0, 10): row 26, column 16
     assert np.unravel_index(np.argmax(rotated), rotated.shape) == (26, 16)
     np.testing.assert_allclose(rotated, np.rot90(img, -1), atol=1e-5)
 
 
-def test_shift_rejects_wrong_dimension(image: np.ndarray) -> None:
+def test_to_device_round_trip_and_bad_device() -> None:
+    host = _image((4, 4))
+    assert bk.to_host(bk.to_device(host, "cpu")) is host
+    with pytest.raises(ValueError, match="device"):
+        bk.to_device(host, "tpu")
+
+
+def test_shift_rejects_wrong_dimension(xp: ModuleType) -> None:
+    image = xp.asarray(_image((16, 16)))
     with pytest.raises(ValueError, match="shifts_px"):
-        bk.shift_image(image, np.array([1.0, 2.0, 3.0]))
+        bk.shift_image(image, xp.asarray([1.0, 2.0, 3.0]))
+
+
+def test_fourier_crop_rejects_mismatched_axes() -> None:
+    f = bk.rfft2(_image((8, 8)))
+    with pytest.raises(ValueError, match="new_shape"):
+        bk.fourier_crop(f, (8, 8), (4, 4, 4))
