@@ -499,8 +499,10 @@ def write_mrc(
 
     Notes
     -----
-    Header statistics are computed in float64, so float16 files get a finite RMS (RELION's
-    float16 files do not).
+    Header statistics are computed in float64. For float16 (mode 12) files the RMS is
+    written as -1, which MRC2014 defines as "not determined": readers such as
+    ``mrcfile.validate`` recompute it in float16, where the sum of squares overflows
+    (RELION's float16 files fail validation for this reason).
     """
     voxel = _voxel_triplet(pixel_size_A)
     origin = tuple(float(v) for v in origin_A)
@@ -534,6 +536,6 @@ def write_mrc(
             mrc.header.dmin = np.float32(wide.min())
             mrc.header.dmax = np.float32(wide.max())
             mrc.header.dmean = np.float32(wide.mean())
-            mrc.header.rms = np.float32(wide.std())
+            mrc.header.rms = np.float32(-1.0 if float16 else wide.std())
         if label is not None:
             mrc.add_label(label)
