@@ -1,0 +1,330 @@
+"""Pydantic models: the single source of the API's request and response schemas.
+
+The OpenAPI document (:mod:`.openapi`) is generated from these classes. Request models forbid
+unknown fields so that a typo is a 422 naming the field, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
+"""A DNS-1123 label: project names, output names."""
+
+Uid = Annotated[str, Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$", max_length=128)]
+"""A job's UID (the Kubernetes UID of its Job resource)."""
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+T = TypeVar("T")
+
+
+class Request(BaseModel):
+    """Base of request bodies: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    """Base of response bodies."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Role(StrEnum):
+    """A user's role: admins see every project, members only their own."""
+
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class JobStatus(StrEnum):
+    """Job states; each transition is stamped once in ``status_times``."""
+
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Page(Response, Generic[T]):
+    """One page of a list: ``items`` from ``offset``, ``total`` matching the filter."""
+
+    items: list[T]
+    total: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    limit: int = Field(ge=1)
+
+
+class PageQuery(Request):
+    """Pagination: ``limit`` items starting at ``offset``."""
+
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+# Projects -----------------------------------------------------------------------------------
+
+
+class ProjectCreate(Request):
+    """A project and who may use it (user names or proxy groups)."""
+
+    name: Name
+    display_name: str = Field(default="", max_length=200)
+    members: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    groups: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100
+    )
+
+
+class Project(Response):
+    """A stored project."""
+
+    name: str
+    display_name: str
+    members: list[str]
+    groups: list[str]
+    created_at: datetime
+
+
+# Jobs ---------------------------------------------------------------------------------------
+
+
+class Resources(Request):
+    """What one job asks for."""
+
+    gpus: int = Field(default=0, ge=0, le=64)
+    cpus: float = Field(default=1.0, gt=0, le=1024)
+    memory_MiB: int = Field(default=1024, ge=1, le=16 * 1024 * 1024)
+
+
+class JobCreate(Request):
+    """Registration of a job by the operator (or the local runner)."""
+
+    uid: Uid
+    name: Name
+    project: Name
+    job_type: str = Field(min_length=1, max_length=100)
+    lane: str = Field(default="default", min_length=1, max_length=63)
+    resources: Resources = Field(default_factory=Resources)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobUpdate(Request):
+    """The operator's view of scheduling: status, why it is queued, where it runs."""
+
+    status: JobStatus | None = None
+    queue_reason: str | None = Field(default=None, max_length=500)
+    node: str | None = Field(default=None, max_length=253)
+    attempts: int | None = Field(default=None, ge=0, le=1000)
+    message: str | None = Field(default=None, max_length=2000)
+
+
+class Job(Response):
+    """A stored job with its scheduling record and latest progress."""
+
+    uid: str
+    name: str
+    project: str
+    job_type: str
+    lane: str
+    resources: Resources
+    parameters: dict[str, Any]
+    status: JobStatus
+    status_times: dict[JobStatus, datetime]
+    queue_reason: str | None
+    node: str | None
+    attempts: int
+    message: str | None
+    heartbeat_at: datetime | None
+    progress: float = Field(ge=0.0, le=1.0)
+    progress_message: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobQuery(PageQuery):
+    """Filters of the job list."""
+
+    status: JobStatus | None = None
+    job_type: str | None = Field(default=None, max_length=100)
+    lane: str | None = Field(default=None, max_length=63)
+
+
+# Worker RPC ---------------------------------------------------------------------------------
+
+
+class Heartbeat(Request):
+    """A worker is alive, on ``node``."""
+
+    node: str | None = Field(default=None, max_length=253)
+
+
+class ProgressReport(Request):
+    """Fraction done, with a short human message."""
+
+    seq: int = Field(ge=0, description="The worker's event sequence number (idempotency key).")
+    fraction: float = Field(ge=0.0, le=1.0)
+    message: str = Field(default="", max_length=2000)
+
+
+class EventKind(StrEnum):
+    """What a job event carries."""
+
+    LOG = "log"
+    PROGRESS = "progress"
+    IMAGE = "image"
+
+
+class EventIn(Request):
+    """One job event from a worker; ``seq`` orders the job's events and makes replays no-ops."""
+
+    seq: int = Field(ge=0, le=2**53)
+    kind: Literal[EventKind.LOG] = EventKind.LOG
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str = Field(max_length=20_000)
+
+
+class ImageIn(Request):
+    """A small preview image (PNG or JPEG, base64) attached to a job as an event."""
+
+    seq: int = Field(ge=0, le=2**53)
+    name: str = Field(min_length=1, max_length=200)
+    content_type: Literal["image/png", "image/jpeg"]
+    data_base64: str = Field(max_length=2 * 1024 * 1024)
+
+
+class Event(Response):
+    """A stored job event."""
+
+    job: str
+    seq: int
+    kind: EventKind
+    time: datetime
+    level: str | None = None
+    message: str | None = None
+    fraction: float | None = None
+    image_name: str | None = None
+    content_type: str | None = None
+    data_base64: str | None = None
+
+
+class EventQuery(Request):
+    """Events after ``after_seq`` (exclusive), oldest first."""
+
+    after_seq: int = Field(default=-1, ge=-1)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class Ingested(Response):
+    """Answer to a worker write: ``created`` is False when it was a replay."""
+
+    created: bool
+
+
+class OutputFile(Request):
+    """A file in an output dataset, relative to the project's storage root."""
+
+    path: str = Field(min_length=1, max_length=1024, pattern=r"^[^/].*$")
+    sha256: Sha256
+    size_bytes: int = Field(ge=0)
+
+
+class OutputIn(Request):
+    """A dataset manifest a job produced, with the outputs it was made from (lineage)."""
+
+    name: Name
+    kind: str = Field(min_length=1, max_length=100, description="e.g. micrographs, particles")
+    files: list[OutputFile] = Field(min_length=1, max_length=100_000)
+    parents: list[str] = Field(default_factory=list, max_length=100, description="output ids")
+
+
+class Output(Response):
+    """A stored output; ``id`` is ``<job uid>/<name>``."""
+
+    id: str
+    job: str
+    project: str
+    name: str
+    kind: str
+    files: list[OutputFile]
+    parents: list[str]
+    created_at: datetime
+
+
+class Completion(Request):
+    """The worker's last word: success or failure, with a message."""
+
+    succeeded: bool
+    message: str = Field(default="", max_length=2000)
+
+
+class ExposureIn(Request):
+    """Per-exposure results for streaming and curation (motion and CTF)."""
+
+    name: str = Field(min_length=1, max_length=500)
+    movie_path: str = Field(min_length=1, max_length=1024)
+    drift_total_px: float | None = Field(default=None, ge=0)
+    defocus_u_A: float | None = Field(default=None, ge=0)
+    defocus_v_A: float | None = Field(default=None, ge=0)
+    astigmatism_angle_deg: float | None = Field(default=None, ge=-360, le=360)
+    ctf_fit_resolution_A: float | None = Field(default=None, gt=0)
+    accepted: bool | None = None
+
+
+class Exposure(Response):
+    """A stored exposure record of a project."""
+
+    project: str
+    name: str
+    job: str
+    movie_path: str
+    drift_total_px: float | None
+    defocus_u_A: float | None
+    defocus_v_A: float | None
+    astigmatism_angle_deg: float | None
+    ctf_fit_resolution_A: float | None
+    accepted: bool | None
+    updated_at: datetime
+
+
+class ExposureQuery(PageQuery):
+    """Filters of the exposure list."""
+
+    accepted: bool | None = None
+
+
+# Users --------------------------------------------------------------------------------------
+
+
+class User(Response):
+    """The caller as the service sees it."""
+
+    name: str
+    email: str | None
+    groups: list[str]
+    role: Role
+
+
+class ErrorBody(Response):
+    """Every error response: a CamelCase reason, a message, and for 422 the failing fields."""
+
+    error: str
+    message: str
+    fields: list[dict[str, str]] | None = None
+
+
+class Health(Response):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "unavailable"]

@@ -1,0 +1,93 @@
+"""Projects: ``_id`` is the project name; members are user names, groups are proxy groups."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pymongo.errors import DuplicateKeyError
+
+from ..errors import Conflict
+from ..models import Project, ProjectCreate
+from .base import Document, Index, Store, from_ms, now_ms
+
+_FIELDS = {"_id": 1, "display_name": 1, "members": 1, "groups": 1, "created_at_ms": 1}
+
+
+def _project(doc: Document) -> Project:
+    return Project(
+        name=doc["_id"],
+        display_name=doc["display_name"],
+        members=list(doc["members"]),
+        groups=list(doc["groups"]),
+        created_at=from_ms(doc["created_at_ms"]),
+    )
+
+
+class ProjectRepository:
+    """The ``projects`` collection."""
+
+    collection: ClassVar[str] = "projects"
+    indexes: ClassVar[tuple[Index, ...]] = (
+        Index("members", [("members", 1)]),
+        Index("groups", [("groups", 1)]),
+    )
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._col = store.collection(self.collection)
+
+    async def create(self, project: ProjectCreate) -> tuple[Project, bool]:
+        """Insert ``project``; an identical replay returns the stored one with ``False``.
+
+        Raises
+        ------
+        Conflict
+            A different project with that name exists.
+        """
+        doc = {
+            "_id": project.name,
+            "display_name": project.display_name,
+            "members": sorted(set(project.members)),
+            "groups": sorted(set(project.groups)),
+            "created_at_ms": now_ms(),
+        }
+        try:
+            await self._store.run(lambda: self._col.insert_one(doc))
+        except DuplicateKeyError:
+            existing = await self.get(project.name)
+            same = existing is not None and (
+                existing.display_name,
+                existing.members,
+                existing.groups,
+            ) == (doc["display_name"], doc["members"], doc["groups"])
+            if existing is None or not same:
+                raise Conflict(f"project {project.name!r} exists with other settings") from None
+            return existing, False
+        return _project(doc), True
+
+    async def get(self, name: str) -> Project | None:
+        """The project called ``name``, or None."""
+        doc = await self._store.run(lambda: self._col.find_one({"_id": name}, _FIELDS))
+        return None if doc is None else _project(doc)
+
+    async def page(
+        self, *, user: str | None, groups: list[str], offset: int, limit: int
+    ) -> tuple[list[Project], int]:
+        """Projects visible to ``user`` (all of them when ``user`` is None), by name.
+
+        Returns
+        -------
+        (projects, total)
+            One page and the number of matching projects.
+        """
+        query: dict[str, Any] = {}
+        if user is not None:
+            query = {"$or": [{"members": user}, {"groups": {"$in": groups}}]}
+
+        async def page() -> list[Document]:
+            cursor = self._col.find(query, _FIELDS).sort("_id", 1).skip(offset).limit(limit)
+            return await cursor.to_list()
+
+        docs = await self._store.run(page)
+        total = await self._store.run(lambda: self._col.count_documents(query))
+        return [_project(d) for d in docs], total

@@ -1,0 +1,101 @@
+"""Service settings, read once from the environment (``CRYOKUBE_*`` and ``MONGODB_URI``).
+
+Secure by default: with neither a proxy secret nor trusted proxy addresses configured, no request
+is trusted as a user, and every user endpoint answers 401.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Settings(BaseModel):
+    """Configuration of one metadata-service instance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mongodb_uri: str | None = Field(
+        default=None,
+        description="Production MongoDB URI (a replica set); when unset the service runs embedded.",
+    )
+    database: str = Field(default="cryokube", description="MongoDB database name.")
+    embedded_data_dir: Path | None = Field(
+        default=None, description="Persistent data folder of the embedded nx-27017 server."
+    )
+    embedded_port: int = Field(default=27817, ge=1, le=65535, description="Port of nx-27017.")
+    token_secret: str = Field(
+        min_length=32, description="HMAC key of the per-job worker tokens (>= 32 bytes)."
+    )
+    service_token: str | None = Field(
+        default=None,
+        min_length=32,
+        description="Bearer token of the operator's service identity (admin); None disables it.",
+    )
+    proxy_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Value the auth proxy sends in X-Auth-Proxy-Secret to prove its requests.",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(), description="Source addresses or CIDR networks of the auth proxy."
+    )
+    admin_groups: tuple[str, ...] = Field(
+        default=("cryokube-admins",), description="Proxy groups whose members are admins."
+    )
+    client_max_size_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest accepted request body, bytes."
+    )
+    server_selection_timeout_ms: int = Field(
+        default=2000, ge=50, description="How long one MongoDB attempt waits for a server, ms."
+    )
+    store_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per operation.")
+    store_backoff_s: float = Field(
+        default=0.2, ge=0.0, description="First retry delay, doubled each attempt, seconds."
+    )
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with a 503, s.")
+    poll_interval_s: float = Field(
+        default=0.5, gt=0.0, description="Change-feed polling period when streams are absent, s."
+    )
+    sse_keepalive_s: float = Field(
+        default=15.0,
+        gt=0.0,
+        description="Idle time before an SSE comment line keeps a stream open, s.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``); missing keys keep defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        mapping = {
+            "MONGODB_URI": "mongodb_uri",
+            "CRYOKUBE_DATABASE": "database",
+            "CRYOKUBE_EMBEDDED_DATA_DIR": "embedded_data_dir",
+            "CRYOKUBE_EMBEDDED_PORT": "embedded_port",
+            "CRYOKUBE_TOKEN_SECRET": "token_secret",
+            "CRYOKUBE_SERVICE_TOKEN": "service_token",
+            "CRYOKUBE_PROXY_SECRET": "proxy_secret",
+            "CRYOKUBE_CLIENT_MAX_SIZE_BYTES": "client_max_size_bytes",
+        }
+        for var, field in mapping.items():
+            if env.get(var):
+                values[field] = env[var]
+        for var, field in (
+            ("CRYOKUBE_TRUSTED_PROXIES", "trusted_proxies"),
+            ("CRYOKUBE_ADMIN_GROUPS", "admin_groups"),
+        ):
+            if env.get(var):
+                values[field] = tuple(s.strip() for s in env[var].split(",") if s.strip())
+        return cls.model_validate(values)
