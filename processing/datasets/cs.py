@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from numpy.lib import recfunctions
-
 from cryokube.processing.datasets.dataset import Dataset
+from numpy.lib import recfunctions
 
 NPY_MAGIC = b"\x93NUMPY"
 CSDAT_MAGIC = b"\x95CSDAT"
@@ -161,4 +160,3 @@ def save_cs(dataset: Dataset, path: str | os.PathLike[str]) -> None:
     data = np.ascontiguousarray(dataset.data)
     with atomic_output(path) as stream:
         np.save(stream, data, allow_pickle=False)
-

@@ -101,7 +101,9 @@ class Dataset:
     __slots__ = ("_data",)
 
     def __init__(self, data: np.ndarray) -> None:
-        if not isinstance(data, np.ndarray) or data.dtype.names is None:
+        if not isinstance(data, np.ndarray):  # runtime check for untyped callers
+            raise TypeError("data must be a numpy structured array")
+        if data.dtype.names is None:
             raise TypeError("data must be a numpy structured array")
         if data.ndim != 1:
             raise ValueError(f"data must be one-dimensional, got shape {data.shape}")
@@ -150,7 +152,9 @@ class Dataset:
         stored = {name: _as_column(name, values, length) for name, values in given.items()}
         if UID_FIELD in stored:
             uid_column = stored.pop(UID_FIELD)
-            if uid_column.dtype.kind not in "ui" or (uid_column.dtype.kind == "i" and (uid_column < 0).any()):
+            if uid_column.dtype.kind not in "ui" or (
+                uid_column.dtype.kind == "i" and (uid_column < 0).any()
+            ):
                 raise ValueError("uid must hold non-negative integers")
             uid_column = uid_column.astype(UID_DTYPE)
         else:
@@ -190,7 +194,12 @@ class Dataset:
     def __getitem__(self, field: str) -> np.ndarray:
         if field not in self.fields:
             raise KeyError(f"dataset has no field {field!r}")
-        return self._data[field]  # type: ignore[no-any-return]
+        column: np.ndarray = self._data[field]
+        return column
+
+    def get(self, field: str, default: np.ndarray | None = None) -> np.ndarray | None:
+        """The column ``field``, or ``default`` when the dataset has no such field."""
+        return self[field] if field in self.fields else default
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dataset):

@@ -61,7 +61,6 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import starfile
-
 from cryokube.processing.datasets.cs import DatasetFileError, atomic_output
 from cryokube.processing.datasets.dataset import Dataset
 from cryokube.processing.geometry import axis_angle_to_euler, euler_to_axis_angle
@@ -105,7 +104,12 @@ _OPTICS_COLUMNS = (
     "rlnMicrographPixelSize",
 )
 # Columns that hold text even when a value looks like a number (a micrograph named "1").
-_TEXT_COLUMNS = ("rlnImageName", "rlnMicrographName", "rlnMicrographMovieName", "rlnOpticsGroupName")
+_TEXT_COLUMNS = (
+    "rlnImageName",
+    "rlnMicrographName",
+    "rlnMicrographMovieName",
+    "rlnOpticsGroupName",
+)
 _ITEM_BLOCKS = ("particles", "micrographs", "movies", "images")
 
 
@@ -169,9 +173,11 @@ def _strings(values: pd.Series) -> npt.NDArray[np.bytes_]:
 def _passthrough(values: pd.Series) -> np.ndarray:
     """A STAR column as stored verbatim: int64, float64 or UTF-8 bytes."""
     if pd.api.types.is_integer_dtype(values.dtype):
-        return values.to_numpy(dtype=np.int64)
+        integers: np.ndarray = values.to_numpy(dtype=np.int64)
+        return integers
     if pd.api.types.is_float_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64)
+        floats: np.ndarray = values.to_numpy(dtype=np.float64)
+        return floats
     return _strings(values)
 
 
@@ -219,7 +225,9 @@ def dataset_from_star(
             raise DatasetFileError(source, "data_optics lists an optics group twice")
         unknown = set(items["rlnOpticsGroup"]) - set(optics["rlnOpticsGroup"])
         if unknown:
-            raise DatasetFileError(source, f"items use optics groups {sorted(unknown)} absent from data_optics")
+            raise DatasetFileError(
+                source, f"items use optics groups {sorted(unknown)} absent from data_optics"
+            )
         optics_names = set(optics.columns) - {"rlnOpticsGroup"}
         shared = optics_names & set(items.columns)
         optics_only = optics.drop(columns=sorted(shared))
@@ -288,7 +296,10 @@ def _import_alignments(
     if {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= names:
         prefix = "alignments3D/"
         euler_deg = np.stack(
-            [take(name).to_numpy(np.float64) for name in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")],
+            [
+                take(name).to_numpy(np.float64)
+                for name in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+            ],
             axis=1,
         )
         columns[prefix + "pose"] = euler_to_axis_angle(euler_deg).astype(np.float32)
@@ -304,7 +315,10 @@ def _import_alignments(
             raise DatasetFileError(source, "rlnOriginXAngst needs rlnImagePixelSize")
         psize_A = columns["blob/psize_A"].astype(np.float64)
         origin_A = np.stack(
-            [take("rlnOriginXAngst").to_numpy(np.float64), take("rlnOriginYAngst").to_numpy(np.float64)],
+            [
+                take("rlnOriginXAngst").to_numpy(np.float64),
+                take("rlnOriginYAngst").to_numpy(np.float64),
+            ],
             axis=1,
         )
         columns[prefix + "shift"] = (origin_A / psize_A[:, None]).astype(np.float32)
@@ -342,17 +356,13 @@ def _format_column(values: np.ndarray) -> list[str]:
     raise TypeError(f"cannot write a column of dtype {values.dtype} to STAR")
 
 
-def _field(dataset: Dataset, name: str) -> np.ndarray | None:
-    return dataset[name] if name in dataset else None
-
-
 def _export_columns(
     dataset: Dataset, *, style: StarStyle, image_index_digits: int
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Item-table columns as text, and the names of those that belong to the optics table."""
     out: dict[str, list[str]] = {}
     optics: list[str] = []
-    blob_path, blob_idx = _field(dataset, "blob/path"), _field(dataset, "blob/idx")
+    blob_path, blob_idx = dataset.get("blob/path"), dataset.get("blob/idx")
     if blob_path is not None and blob_idx is not None:
         out["rlnImageName"] = [
             f"{index + 1:0{image_index_digits}d}@{path.decode('utf-8')}"
@@ -365,7 +375,7 @@ def _export_columns(
         if field in dataset:
             out[name] = _format_column(dataset[field])
     for name, (field, scale, one_based) in _SCALARS.items():
-        values = _field(dataset, field)
+        values = dataset.get(field)
         if values is None:
             continue
         if one_based:
@@ -373,17 +383,19 @@ def _export_columns(
         else:
             converted = values.astype(np.float64) / scale
             out[name] = _format_floats(converted, values.dtype if scale == 1.0 else np.float64)
-    shape = _field(dataset, "blob/shape")
+    shape = dataset.get("blob/shape")
     if shape is not None:
         out["rlnImageSize"] = [str(item) for item in shape[:, 0].tolist()]
     _export_alignments(dataset, out, style=style)
-    location = _field(dataset, "location/center_x_frac")
-    mic_shape = _field(dataset, "location/micrograph_shape")
+    location = dataset.get("location/center_x_frac")
+    mic_shape = dataset.get("location/micrograph_shape")
     if location is not None and mic_shape is not None:
         center_y = dataset["location/center_y_frac"].astype(np.float64)
-        out["rlnCoordinateX"] = _format_floats(location.astype(np.float64) * mic_shape[:, 1], np.float64)
+        out["rlnCoordinateX"] = _format_floats(
+            location.astype(np.float64) * mic_shape[:, 1], np.float64
+        )
         out["rlnCoordinateY"] = _format_floats(center_y * mic_shape[:, 0], np.float64)
-    psize = _field(dataset, "blob/psize_A")
+    psize = dataset.get("blob/psize_A")
     if style == "relion30" and psize is not None:
         out.pop("rlnImagePixelSize")
     if style == "relion30" and psize is not None and "relion/Magnification" not in dataset:
@@ -415,24 +427,26 @@ def _export_alignments(dataset: Dataset, out: dict[str, list[str]], *, style: St
         prefix = "alignments2D/"
     else:
         prefix = "alignments3D/"
-    shift = _field(dataset, prefix + "shift")
+    shift = dataset.get(prefix + "shift")
     if shift is not None:
         if style == "relion30":
             out["rlnOriginX"] = _format_floats(shift[:, 0], np.float32)
             out["rlnOriginY"] = _format_floats(shift[:, 1], np.float32)
         else:
-            psize = _field(dataset, prefix + "psize_A")
+            psize = dataset.get(prefix + "psize_A")
             if psize is None:
-                psize = _field(dataset, "blob/psize_A")
+                psize = dataset.get("blob/psize_A")
             if psize is None:
-                raise ValueError(f"dataset needs {prefix}psize_A or blob/psize_A to write rlnOriginXAngst")
+                raise ValueError(
+                    f"dataset needs {prefix}psize_A or blob/psize_A to write rlnOriginXAngst"
+                )
             origin_A = shift.astype(np.float64) * psize.astype(np.float64)[:, None]
             out["rlnOriginXAngst"] = _format_floats(origin_A[:, 0], np.float64)
             out["rlnOriginYAngst"] = _format_floats(origin_A[:, 1], np.float64)
-    classes = _field(dataset, prefix + "class")
+    classes = dataset.get(prefix + "class")
     if classes is not None:
         out["rlnClassNumber"] = [str(item + 1) for item in classes.astype(np.int64).tolist()]
-    split = _field(dataset, prefix + "split")
+    split = dataset.get(prefix + "split")
     if split is not None and prefix == "alignments3D/":
         out["rlnRandomSubset"] = [str(item + 1) for item in split.astype(np.int64).tolist()]
 
@@ -470,9 +484,12 @@ def star_blocks_from_dataset(
         raise ValueError(f"image_index_digits must be >= 0, got {image_index_digits}")
     out, optics_names = _export_columns(dataset, style=style, image_index_digits=image_index_digits)
     kind = (
-        "particles" if "blob/path" in dataset
-        else "micrographs" if "micrograph_blob/path" in dataset
-        else "movies" if "movie_blob/path" in dataset
+        "particles"
+        if "blob/path" in dataset
+        else "micrographs"
+        if "micrograph_blob/path" in dataset
+        else "movies"
+        if "movie_blob/path" in dataset
         else "particles"
     )
     table = pd.DataFrame(out, dtype=object)
@@ -480,19 +497,26 @@ def star_blocks_from_dataset(
         return {"images" if kind == "particles" else kind: table}
     optics_values = [name for name in optics_names if name != "rlnOpticsGroup"]
     if "rlnOpticsGroup" not in table:
-        keys = table[optics_values].astype(str).agg("\x00".join, axis=1) if optics_values else pd.Series([""] * len(table))
+        keys = (
+            table[optics_values].astype(str).agg("\x00".join, axis=1)
+            if optics_values
+            else pd.Series([""] * len(table))
+        )
         table.insert(0, "rlnOpticsGroup", [str(code + 1) for code in pd.factorize(keys)[0]])
     groups = table[["rlnOpticsGroup", *optics_values]].drop_duplicates()
     if groups["rlnOpticsGroup"].duplicated().any():
         conflict = [
-            name for name in optics_values
+            name
+            for name in optics_values
             if groups.groupby("rlnOpticsGroup")[name].nunique().gt(1).any()
         ]
         raise ValueError(f"items of one optics group disagree on {conflict}")
     order = np.argsort(groups["rlnOpticsGroup"].astype(np.int64).to_numpy(), kind="stable")
     optics = groups.iloc[order].reset_index(drop=True)
     if "rlnOpticsGroupName" not in optics:
-        optics.insert(1, "rlnOpticsGroupName", ["opticsGroup" + group for group in optics["rlnOpticsGroup"]])
+        optics.insert(
+            1, "rlnOpticsGroupName", ["opticsGroup" + group for group in optics["rlnOpticsGroup"]]
+        )
     if kind == "particles" and "rlnImageDimensionality" not in optics and "rlnImageSize" in optics:
         optics["rlnImageDimensionality"] = "2"
     items = table.drop(columns=optics_values)
