@@ -7,31 +7,34 @@
 # Usage: scripts/tools.sh [NAME ...]   (no NAME: every tool in TOOLS below)
 #
 # To add a tool, append one line to TOOLS:
-#   NAME  install  PACKAGE_PATH  VERSION       -> GOBIN=.tools/bin go install PACKAGE_PATH@VERSION
-#   NAME  module   TOOL_DIR      MODULE@VER    -> go install tool, inside TOOL_DIR (a committed
-#                                                 go.mod/go.sum with a `tool` directive), for
-#                                                 programs the proxy serves only as a dependency.
+#   NAME  install  PACKAGE_PATH  VERSION     [LDFLAGS]  -> GOBIN=.tools/bin go install PACKAGE_PATH@VERSION
+#   NAME  module   TOOL_DIR      MODULE@VER  [LDFLAGS]  -> go install tool, inside TOOL_DIR (a
+#         committed go.mod/go.sum with a `tool` directive), for programs the proxy serves only as
+#         a dependency.
+# LDFLAGS (the rest of the line) stamp what a release build would, e.g. helm's version and the
+# Kubernetes version `helm template` assumes without a cluster (helm's Makefile derives it from
+# its client-go: v0.37 -> 1.37).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.tools/bin"
 
 TOOLS=(
-  "helm          install  helm.sh/helm/v3/cmd/helm  v3.22.0"
-  "oauth2-proxy  module   tools/oauth2-proxy        github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.4"
+  "helm          install  helm.sh/helm/v3/cmd/helm  v3.22.0  -X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37"
+  "oauth2-proxy  module   tools/oauth2-proxy        github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.4  -X github.com/oauth2-proxy/oauth2-proxy/v7/pkg/version.VERSION=v7.15.4"
 )
 
 build_tool() {
-  local name="$1" kind="$2" where="$3" pin="$4"
+  local name="$1" kind="$2" where="$3" pin="$4" ldflags="$5"
   local stamp="$BIN/.$name.pin"
-  if [[ -x "$BIN/$name" && -f "$stamp" && "$(cat "$stamp")" == "$kind $where $pin" ]]; then
+  if [[ -x "$BIN/$name" && -f "$stamp" && "$(cat "$stamp")" == "$kind $where $pin $ldflags" ]]; then
     return 0
   fi
   echo "tools.sh: building $name ($pin); cold builds take minutes" >&2
   local started=$SECONDS
   case "$kind" in
     install)
-      GOBIN="$BIN" CGO_ENABLED=0 nice -n 10 go install "$where@$pin"
+      GOBIN="$BIN" CGO_ENABLED=0 nice -n 10 go install -ldflags="$ldflags" "$where@$pin"
       ;;
     module)
       # The committed go.mod pins the version; check that it still matches the pin above.
@@ -39,14 +42,14 @@ build_tool() {
         echo "tools.sh: $where/go.mod does not require ${pin}" >&2
         return 1
       fi
-      (cd "$ROOT/$where" && GOBIN="$BIN" CGO_ENABLED=0 nice -n 10 go install tool)
+      (cd "$ROOT/$where" && GOBIN="$BIN" CGO_ENABLED=0 nice -n 10 go install -ldflags="$ldflags" tool)
       ;;
     *)
       echo "tools.sh: unknown kind '$kind' for $name" >&2
       return 1
       ;;
   esac
-  echo "$kind $where $pin" >"$stamp"
+  echo "$kind $where $pin $ldflags" >"$stamp"
   echo "tools.sh: built $name in $((SECONDS - started)) s" >&2
 }
 
@@ -59,9 +62,9 @@ mkdir -p "$BIN"
 wanted=("$@")
 found=0
 for line in "${TOOLS[@]}"; do
-  read -r name kind where pin <<<"$line"
+  read -r name kind where pin ldflags <<<"$line"
   if [[ ${#wanted[@]} -eq 0 || " ${wanted[*]} " == *" $name "* ]]; then
-    build_tool "$name" "$kind" "$where" "$pin"
+    build_tool "$name" "$kind" "$where" "$pin" "$ldflags"
     found=$((found + 1))
   fi
 done
