@@ -3,12 +3,16 @@
 - ``memory_bandwidth_GBps``: a large float32 array copy (read + write bytes / time).
 - ``fft_GFLOPs_1thread`` / ``fft_GFLOPs_2threads``: a 4096 x 4096 float32 ``scipy.fft.rfft2``,
   counted as 2.5 N log2 N flops (half of the complex 5 N log2 N), N = 4096^2.
+- ``lzw_decode_MBps``: one thread of ``imagecodecs.lzw_decode`` on a realistic counting frame
+  (4096 x 4096 uint8, Poisson 1 e/px, one LZW stream), decoded MB per second. The
+  roofline of reading LZW TIFF movies (and so of motion correction on the CPU).
 """
 
 from __future__ import annotations
 
 import math
 
+import imagecodecs
 import numpy as np
 import scipy.fft
 from harness import best_time_s
@@ -32,9 +36,17 @@ def fft_GFLOPs(size: int = 4096, workers: int = 1) -> float:
     return rfft2_flops(size, size) / t / 1e9
 
 
+def lzw_decode_MBps(size: int = 4096, dose_e_per_px: float = 1.0) -> float:
+    frame = np.random.default_rng(0).poisson(dose_e_per_px, (size, size)).astype(np.uint8)
+    encoded = imagecodecs.lzw_encode(frame.tobytes())
+    t = best_time_s(lambda: imagecodecs.lzw_decode(encoded, out=frame.nbytes), repeat=5)
+    return frame.nbytes / t / 1e6
+
+
 def measure(*, size: int = 4096, n_bytes: int = 512 * 1024 * 1024) -> dict[str, float]:
     return {
         "memory_bandwidth_GBps": memory_bandwidth_GBps(n_bytes),
         "fft_GFLOPs_1thread": fft_GFLOPs(size, 1),
         "fft_GFLOPs_2threads": fft_GFLOPs(size, 2),
+        "lzw_decode_MBps": lzw_decode_MBps(size),
     }
