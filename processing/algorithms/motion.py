@@ -1,6 +1,6 @@
 """Beam-induced motion correction of movies: global and local alignment, dose weighting.
 
-The method follows MotionCor2 (Zheng et al. 2017): gain and defect correction, full-frame
+The method follows MotionCor2 (Zheng et al. 2017): full-frame
 iterative alignment of every frame to the sum of the others with B-factor filtering and
 sub-pixel peak fitting, then patch alignment on a grid whose shifts are fitted by a smooth
 polynomial deformation model over space and time, then a dose-weighted sum with the exposure
@@ -11,7 +11,8 @@ Conventions
 * ``frames`` have shape (n_frames, ny, nx); shifts are ``(dy, dx)`` in pixels of the input.
 * A trajectory value ``s`` for a frame means the specimen moved by ``s`` in that frame:
   ``frame(x) = reference(x - s)``. Trajectories are relative to the first aligned frame.
-* The gain reference multiplies the raw frames (the RELION and MotionCor2 convention).
+* Frames arrive gain- and defect-corrected: :class:`cryokube.processing.io.gain.FrameCorrection`
+  applies the gain reference and the defect mask while the movie is read, batch by batch.
 
 References
 ----------
@@ -300,30 +301,6 @@ def _even(n: float) -> int:
     return max(2, 2 * round(n / 2))
 
 
-def _corrected(frame: Array, gain: Array | None, defects: Array | None) -> Array:
-    """One frame as float32, multiplied by the gain, defective pixels set to the frame mean."""
-    xp = array_module(frame)
-    out = xp.asarray(frame, dtype=np.float32)
-    if gain is not None:
-        out = out * gain
-    if defects is not None:
-        good_mean = xp.sum(xp.where(defects, 0.0, out)) / max(1, out.size - int(defects.sum()))
-        out = xp.where(defects, good_mean.astype(np.float32), out)
-    return out
-
-
-def _hot_pixels(frames: Array, gain: Array | None, sigma: float) -> Array:
-    """Pixels whose summed, gain-corrected counts lie ``sigma`` robust SDs above the median."""
-    xp = array_module(frames)
-    total = xp.sum(frames, axis=0, dtype=np.float32)
-    if gain is not None:
-        total = total * gain
-    median = xp.median(total)
-    mad = xp.median(xp.abs(total - median)) * 1.4826
-    spread = xp.maximum(mad, xp.sqrt(xp.maximum(median, 1.0)))
-    return total > median + sigma * spread
-
-
 def _window(frame: Array, top: int, left: int, size_y: int, size_x: int, fill: Array) -> Array:
     """``frame[top:top+size_y, left:left+size_x]``, filled with ``fill`` outside the frame."""
     xp = array_module(frame)
@@ -356,9 +333,6 @@ def align_movie(
     *,
     pixel_size_A: float,
     dose_per_frame_e_per_A2: float,
-    gain: Array | None = None,
-    defect_mask: Array | None = None,
-    hot_pixel_sigma: float | None = 8.0,
     frame_range: tuple[int, int] | None = None,
     max_resolution_A: float = 5.0,
     bfactor_A2: float = 150.0,
@@ -379,18 +353,11 @@ def align_movie(
     Parameters
     ----------
     frames : ndarray of shape (n_frames, ny, nx)
-        Raw movie frames (counts, any real dtype).
+        Gain- and defect-corrected movie frames (counts, any real dtype).
     pixel_size_A : float
         Pixel size of the frames (A).
     dose_per_frame_e_per_A2 : float
         Exposure per frame (e/A^2).
-    gain : ndarray of shape (ny, nx), optional
-        Gain reference, multiplied into each frame.
-    defect_mask : bool ndarray of shape (ny, nx), optional
-        True at defective detector pixels; they are replaced by the frame mean.
-    hot_pixel_sigma : float or None, keyword-only
-        Also treat as defects pixels this many robust SDs above the median of the summed
-        movie (RELION's own implementation does the same); None disables the detection.
     frame_range : (first, stop), optional
         Frames ``first <= i < stop`` are aligned and summed; exposure still accumulates from
         frame 0.
@@ -446,10 +413,6 @@ def align_movie(
         raise ValueError("max_resolution_A must be at least twice pixel_size_A (Nyquist)")
     if fourier_crop_factor < 1:
         raise ValueError("fourier_crop_factor must be >= 1")
-    if gain is not None and tuple(gain.shape) != (ny, nx):
-        raise ValueError(f"gain must have shape {(ny, nx)}, got {tuple(gain.shape)}")
-    if defect_mask is not None and tuple(defect_mask.shape) != (ny, nx):
-        raise ValueError(f"defect_mask must have shape {(ny, nx)}, got {tuple(defect_mask.shape)}")
     first, stop = (0, n_total) if frame_range is None else frame_range
     if not 0 <= first < stop <= n_total or stop - first < 2:
         raise ValueError(
@@ -458,11 +421,6 @@ def align_movie(
     if patch_grid is not None and (min(patch_grid) < 1 or len(patch_grid) != 2):
         raise ValueError("patch_grid must be two positive integers (n_y, n_x)")
 
-    gain_f = None if gain is None else xp.asarray(gain, dtype=np.float32)
-    defects = None if defect_mask is None else xp.asarray(defect_mask, dtype=bool)
-    if hot_pixel_sigma is not None:
-        hot = _hot_pixels(frames[first:stop], gain_f, hot_pixel_sigma)
-        defects = hot if defects is None else defects | hot
     n_frames = stop - first
 
     # Full-frame alignment on Fourier-cropped frames (binning to max_resolution_A).
@@ -474,7 +432,7 @@ def align_movie(
     small_pixel_A = pixel_size_A * ny / small[0]
     spectra = xp.stack(
         [
-            fourier_crop(rfft2(_corrected(frames[i], gain_f, defects)), (ny, nx), small)
+            fourier_crop(rfft2(xp.asarray(frames[i], dtype=np.float32)), (ny, nx), small)
             for i in range(first, stop)
         ]
     )
@@ -511,8 +469,6 @@ def align_movie(
     )
     weighted, plain = _corrected_sums(
         frames[first:stop],
-        gain_f,
-        defects,
         global_px,
         coeffs,
         pixel_size_A=pixel_size_A,
@@ -592,8 +548,6 @@ def _patch_trajectories(
 
 def _corrected_sums(
     frames: Array,
-    gain: Array | None,
-    defects: Array | None,
     global_px: Array,
     coeffs: Array,
     *,
@@ -620,7 +574,7 @@ def _corrected_sums(
     fraction = xp.asarray(trajectories_host - integer, dtype=np.float32)
     win = (core_y + 2 * margin, core_x + 2 * margin)
     weights = None if exposures is None else dose_weights(win, pixel_size_A, exposures)
-    corrected = [_corrected(frames[i], gain, defects) for i in range(n_frames)]
+    corrected = [xp.asarray(frames[i], dtype=np.float32) for i in range(n_frames)]
     means = [xp.mean(c) for c in corrected]
     weighted = xp.zeros((ny, nx), dtype=np.float32)
     plain = xp.zeros((ny, nx), dtype=np.float32)

@@ -1,0 +1,501 @@
+"""CTF estimation from power spectra: exhaustive search, local refinement, patch defocus plane.
+
+The method follows CTFFIND4 (Rohou & Grigorieff 2015): an averaged amplitude spectrum over
+tiles, background subtraction, an exhaustive search over defocus (and optionally phase shift)
+followed by a local refinement of defocus U, V and the astigmatism angle that maximises the
+normalised cross-correlation between the background-subtracted spectrum and the squared CTF
+within a resolution band, and the resolution up to which the fit holds.
+
+Background subtraction differs from CTFFIND's box convolution: for a trial mean defocus ``D``
+the background at each frequency is the mean over an annulus exactly one Thon-ring period wide
+in ``k^2`` (the period is ``1 / (lambda D - Cs lambda^3 k^2)``), and the spectrum is divided
+by the standard deviation over the same annulus. A mean over a whole period cancels the rings
+at any defocus, where a fixed box is too narrow at low defocus and low resolution; the same
+operator is applied to the model, so data and model are filtered identically. This is what
+keeps the fit from locking onto a harmonic (several times the true defocus), the failure of the
+CTFFIND run kept in ``relion30-betagal-sppractice/ctffind_job005_BAD``.
+
+The CTF itself is :func:`cryokube.processing.ctf.ctf_2d`; see it for the sign and astigmatism
+angle conventions (those of RELION and CTFFIND).
+
+References
+----------
+Rohou, A. & Grigorieff, N. (2015) CTFFIND4: Fast and accurate defocus estimation from electron
+micrographs. J. Struct. Biol. 192, 216-221. doi:10.1016/j.jsb.2015.08.008
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.optimize
+from cryokube.processing.algorithms._spectra import centred_power_spectrum
+from cryokube.processing.backend import Array, array_module, fourier_crop, radial_frequency, to_host
+from cryokube.processing.ctf import ctf_2d, electron_wavelength_A
+
+_K2_BINS = 4096
+"""Number of k^2 bins for the annulus statistics (about 50 per ring at 5 um, 300 kV, 5 A)."""
+
+__all__ = ["CtfFit", "PatchCtfFit", "estimate_ctf", "estimate_ctf_patches", "fit_ctf_spectrum"]
+
+
+@dataclass(frozen=True)
+class CtfFit:
+    """Result of a CTF fit.
+
+    Attributes
+    ----------
+    defocus_u_A, defocus_v_A : float
+        Defocus along the major and minor axes (A, positive underfocus), ``u >= v``.
+    astig_angle_deg : float
+        Angle of the U axis from the x axis (deg, in [-90, 90)).
+    phase_shift_deg : float
+        Additional phase shift (deg), 0 unless fitted.
+    score : float
+        Normalised cross-correlation of data and model within the band (-1 to 1).
+    fit_resolution_A : float
+        Highest resolution (A) to which the per-shell correlation of data and model stays
+        above three noise standard deviations.
+    """
+
+    defocus_u_A: float
+    defocus_v_A: float
+    astig_angle_deg: float
+    phase_shift_deg: float
+    score: float
+    fit_resolution_A: float
+
+    @property
+    def defocus_mean_A(self) -> float:
+        """Mean of U and V (A)."""
+        return 0.5 * (self.defocus_u_A + self.defocus_v_A)
+
+    @property
+    def astigmatism_A(self) -> float:
+        """U minus V (A)."""
+        return self.defocus_u_A - self.defocus_v_A
+
+
+@dataclass(frozen=True)
+class PatchCtfFit:
+    """Result of :func:`estimate_ctf_patches`.
+
+    Attributes
+    ----------
+    overall : CtfFit
+        Fit of the whole micrograph.
+    centres_px : ndarray of shape (n_patches, 2)
+        Patch centres ``(y, x)`` (px).
+    patches : list of CtfFit
+        Fit of each patch.
+    plane_A : ndarray of shape (3,)
+        Mean defocus plane ``D(y, x) = c0 + c1 y + c2 x``: c0 in A at the micrograph centre,
+        c1 and c2 in A per px.
+    tilt_deg : float
+        Sample tilt implied by the plane (deg).
+    """
+
+    overall: CtfFit
+    centres_px: Array
+    patches: list[CtfFit]
+    plane_A: Array
+    tilt_deg: float
+
+    def defocus_at(self, y_px: Array, x_px: Array, image_shape: tuple[int, int]) -> Array:
+        """Mean defocus (A) of the plane at pixel positions of a micrograph of ``image_shape``."""
+        c = self.plane_A
+        return c[0] + c[1] * (y_px - image_shape[0] / 2.0) + c[2] * (x_px - image_shape[1] / 2.0)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A spectrum prepared for fitting: normalised amplitudes on a cropped rfft grid."""
+
+    amplitude: Array  # (m, m//2+1) amplitude spectrum, rfft layout
+    shape: tuple[int, int]  # real-space shape (m, m) of the cropped grid
+    grid_pixel_A: float  # pixel size that gives the cropped grid the spectrum's sampling
+    k2: Array  # |k|^2 (1/A^2) of every grid point
+    bins: Array  # flat index of each grid point's k^2 bin
+    bin_k2: Array  # k^2 at the centre of each bin (1/A^2)
+    bin_width: float  # width of the k^2 bins (1/A^2)
+    band: Array  # bool, inside the resolution band
+    wavelength_A: float
+    cs_A: float
+    voltage_kV: float
+    cs_mm: float
+    amp_contrast: float
+
+
+def _annulus_normalise(p: _Problem, values: Array, defocus_A: float) -> Array:
+    """Subtract the mean and divide by the SD over a one-ring-period annulus in k^2.
+
+    Grid points are binned finely in k^2 (``_K2_BINS`` bins); the annulus statistics come from
+    prefix sums over bins, so one call costs two passes over the grid.
+    """
+    xp = array_module(values)
+    slope = p.wavelength_A * defocus_A - p.cs_A * p.wavelength_A**3 * p.bin_k2
+    half_period = 0.5 / xp.maximum(slope, 0.05 * p.wavelength_A * defocus_A)
+    lo = xp.clip(xp.rint((p.bin_k2 - half_period) / p.bin_width), 0, _K2_BINS).astype(np.int64)
+    hi = xp.clip(xp.rint((p.bin_k2 + half_period) / p.bin_width) + 1, 0, _K2_BINS)
+    hi = hi.astype(np.int64)
+    flat = values.ravel().astype(np.float64)
+
+    def prefix(weights: Array | None) -> Array:
+        sums = xp.bincount(p.bins, weights=weights, minlength=_K2_BINS)[:_K2_BINS]
+        return xp.concatenate([xp.zeros(1), xp.cumsum(sums)])
+
+    c0, c1, c2 = prefix(None), prefix(flat), prefix(flat * flat)
+    count = xp.maximum(c0[hi] - c0[lo], 1)
+    mean = (c1[hi] - c1[lo]) / count
+    sd = xp.sqrt(xp.maximum((c2[hi] - c2[lo]) / count - mean * mean, 1e-30))
+    out = (flat - mean[p.bins]) / sd[p.bins]
+    return out.reshape(values.shape).astype(np.float32)
+
+
+def _model(p: _Problem, params: tuple[float, float, float, float]) -> Array:
+    du, dv, angle, phase = params
+    xp = array_module(p.amplitude)
+    ctf = ctf_2d(
+        p.shape,
+        p.grid_pixel_A,
+        # A device scalar makes the model follow the data's array module.
+        defocus_u_A=xp.asarray(du),
+        defocus_v_A=dv,
+        astig_angle_deg=angle,
+        voltage_kV=p.voltage_kV,
+        cs_mm=p.cs_mm,
+        amp_contrast=p.amp_contrast,
+        phase_shift_deg=phase,
+    )
+    return ctf * ctf
+
+
+def _score(p: _Problem, params: tuple[float, float, float, float]) -> float:
+    xp = array_module(p.amplitude)
+    mean_defocus = 0.5 * (params[0] + params[1])
+    data = _annulus_normalise(p, p.amplitude, mean_defocus)[p.band]
+    model = _annulus_normalise(p, _model(p, params), mean_defocus)[p.band]
+    denom = xp.sqrt(xp.sum(data * data) * xp.sum(model * model))
+    return float(xp.sum(data * model) / xp.maximum(denom, 1e-30))
+
+
+def _prepare(
+    spectrum: Array,
+    *,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amp_contrast: float,
+    resolution_band_A: tuple[float, float],
+    spectrum_kind: str,
+    crop: bool,
+) -> _Problem:
+    xp = array_module(spectrum)
+    n = spectrum.shape[0]
+    low_A, high_A = resolution_band_A
+    values = xp.asarray(spectrum, dtype=np.float32)
+    amplitude = xp.sqrt(xp.maximum(values, 0)) if spectrum_kind == "power" else values
+    half = xp.fft.ifftshift(amplitude)[:, : n // 2 + 1]
+    m = min(n, 2 * math.ceil(n * pixel_size_A / high_A) + 8) if crop else n
+    if m != n:
+        half = fourier_crop(half.astype(np.complex64), (n, n), (m, m)).real
+    grid_pixel_A = n * pixel_size_A / m
+    k2 = (radial_frequency((m, m), xp=xp) / np.float32(grid_pixel_A)) ** 2
+    bin_width = float(k2.max()) / (_K2_BINS - 1)
+    bins = xp.rint(k2.ravel() / bin_width).astype(np.int64)
+    band = (k2 >= 1.0 / low_A**2) & (k2 <= 1.0 / high_A**2)
+    return _Problem(
+        amplitude=half.astype(np.float32),
+        shape=(m, m),
+        grid_pixel_A=grid_pixel_A,
+        k2=k2,
+        bins=bins,
+        bin_k2=xp.arange(_K2_BINS) * bin_width,
+        bin_width=bin_width,
+        band=band,
+        wavelength_A=float(electron_wavelength_A(voltage_kV)),
+        cs_A=cs_mm * 1e7,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amp_contrast=amp_contrast,
+    )
+
+
+def _fit_resolution(p: _Problem, params: tuple[float, float, float, float], low_A: float) -> float:
+    """Highest resolution (A) at which the fit still holds.
+
+    The spectrum is cut into shells 8 frequency samples wide; the fit holds while the
+    correlation of data and model in each shell, from the first shell in the band that passes,
+    stays above three times its standard deviation for pure noise, ``3 / sqrt(n_independent)``
+    (half of the rfft samples are independent).
+    """
+    xp = array_module(p.amplitude)
+    mean_defocus = 0.5 * (params[0] + params[1])
+    data = _annulus_normalise(p, p.amplitude, mean_defocus)
+    model = _annulus_normalise(p, _model(p, params), mean_defocus)
+    shell_width = 8.0 / (p.shape[0] * p.grid_pixel_A)
+    shell = xp.floor(xp.sqrt(p.k2) / shell_width).astype(np.int64).ravel()
+    n_shells = p.shape[0] // 16
+    keep = shell < n_shells
+    shell = shell[keep]
+
+    def per_shell(values: Array) -> Array:
+        return xp.bincount(shell, weights=values.ravel()[keep], minlength=n_shells)
+
+    sxy, sxx, syy = per_shell(data * model), per_shell(data * data), per_shell(model * model)
+    counts = xp.bincount(shell, minlength=n_shells)
+    cc = to_host(sxy / xp.sqrt(xp.maximum(sxx * syy, 1e-30)))
+    threshold = to_host(3.0 / xp.sqrt(xp.maximum(counts, 2) / 2.0))
+    first = math.ceil(1.0 / (low_A * shell_width))
+    passing = [bool(cc[i] >= threshold[i]) for i in range(n_shells)]
+    start = next((i for i in range(first, n_shells) if passing[i]), n_shells)
+    last = next((i for i in range(start, n_shells) if not passing[i]), n_shells)
+    return 1.0 / (max(last, first) * shell_width)
+
+
+def fit_ctf_spectrum(
+    spectrum: Array,
+    *,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amp_contrast: float = 0.1,
+    resolution_band_A: tuple[float, float] = (30.0, 5.0),
+    defocus_range_A: tuple[float, float] = (5000.0, 50000.0),
+    fit_phase_shift: bool = False,
+    spectrum_kind: Literal["power", "amplitude"] = "power",
+) -> CtfFit:
+    """Fit defocus U, V, astigmatism angle (and phase shift) to a centred 2D spectrum.
+
+    Parameters
+    ----------
+    spectrum : ndarray of shape (n, n)
+        Centred power or amplitude spectrum (zero frequency at ``(n // 2, n // 2)``), as
+        written by RELION's motion correction or returned by :func:`estimate_ctf`'s tiling.
+    pixel_size_A : float
+        Pixel size of the spectrum's real-space box (A): frequency index ``i`` is
+        ``i / (n * pixel_size_A)`` 1/A.
+    voltage_kV, cs_mm, amp_contrast : float
+        Acceleration voltage (kV), spherical aberration (mm), amplitude contrast (fraction).
+    resolution_band_A : (low, high)
+        Resolution band used for fitting (A), for example (30, 5).
+    defocus_range_A : (min, max)
+        Mean-defocus search range (A).
+    fit_phase_shift : bool
+        Also search the phase shift (0 to 180 deg), for phase-plate data.
+    spectrum_kind : {"power", "amplitude"}
+        Whether ``spectrum`` holds power or amplitude.
+
+    Returns
+    -------
+    CtfFit
+
+    References
+    ----------
+    Rohou & Grigorieff (2015), doi:10.1016/j.jsb.2015.08.008.
+    """
+    if getattr(spectrum, "ndim", 0) != 2 or spectrum.shape[0] != spectrum.shape[1]:
+        raise ValueError("spectrum must be a square 2D array (n, n)")
+    if spectrum_kind not in ("power", "amplitude"):
+        raise ValueError("spectrum_kind must be 'power' or 'amplitude'")
+    low_A, high_A = resolution_band_A
+    if not low_A > high_A >= 2 * pixel_size_A:
+        raise ValueError(
+            "resolution_band_A must be (low, high) with low > high >= 2 * pixel_size_A (Nyquist)"
+        )
+    d_min, d_max = defocus_range_A
+    if not 0 < d_min < d_max:
+        raise ValueError("defocus_range_A must be (min, max) with 0 < min < max")
+    if not 0 <= amp_contrast < 1:
+        raise ValueError("amp_contrast must be in [0, 1)")
+    problem = _prepare(
+        spectrum,
+        pixel_size_A=pixel_size_A,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amp_contrast=amp_contrast,
+        resolution_band_A=resolution_band_A,
+        spectrum_kind=spectrum_kind,
+        crop=True,
+    )
+    # 1. Exhaustive search of the mean defocus (2% steps) and phase shift, no astigmatism.
+    phases = np.arange(0.0, 180.0, 15.0) if fit_phase_shift else np.zeros(1)
+    defoci = np.geomspace(d_min, d_max, int(np.ceil(np.log(d_max / d_min) / np.log(1.02))) + 1)
+    best = max(
+        ((float(d), float(d), 0.0, float(ph)) for d in defoci for ph in phases),
+        key=lambda params: _score(problem, params),
+    )
+    # 2. Astigmatism grid around it.
+    mean, phase = best[0], best[3]
+    candidates = [best]
+    for astig in (0.02 * mean, 0.05 * mean, 0.1 * mean):
+        candidates += [
+            (mean + astig / 2, mean - astig / 2, float(angle), phase)
+            for angle in range(-90, 90, 15)
+        ]
+    start = max(candidates, key=lambda params: _score(problem, params))
+
+    # 3. Local refinement (Nelder-Mead on mean, half-astigmatism components, phase).
+    def unpack(v: np.ndarray) -> tuple[float, float, float, float]:
+        mean_d, a_cos, a_sin = float(v[0]), float(v[1]), float(v[2])
+        half_astig = math.hypot(a_cos, a_sin)
+        angle = 0.5 * math.degrees(math.atan2(a_sin, a_cos))
+        ph = float(v[3]) if fit_phase_shift else 0.0
+        return (mean_d + half_astig, mean_d - half_astig, angle, ph)
+
+    half0 = 0.5 * (start[0] - start[1])
+    theta0 = math.radians(2 * start[2])
+    x0 = np.array(
+        [0.5 * (start[0] + start[1]), half0 * math.cos(theta0), half0 * math.sin(theta0), start[3]]
+    )
+    step = np.array([0.01 * x0[0], 0.01 * x0[0], 0.01 * x0[0], 10.0])
+    simplex = np.vstack([x0, x0 + np.diag(step)])
+    result = scipy.optimize.minimize(
+        lambda v: -_score(problem, unpack(v)),
+        x0,
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "xatol": 2.0, "fatol": 1e-4, "maxiter": 200},
+    )
+    du, dv, angle, ph = unpack(result.x)
+    angle = (angle + 90.0) % 180.0 - 90.0
+    params = (du, dv, angle, ph % 180.0 if fit_phase_shift else 0.0)
+    full = _prepare(
+        spectrum,
+        pixel_size_A=pixel_size_A,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amp_contrast=amp_contrast,
+        resolution_band_A=resolution_band_A,
+        spectrum_kind=spectrum_kind,
+        crop=False,
+    )
+    return CtfFit(
+        defocus_u_A=du,
+        defocus_v_A=dv,
+        astig_angle_deg=angle,
+        phase_shift_deg=params[3],
+        score=_score(problem, params),
+        fit_resolution_A=_fit_resolution(full, params, low_A),
+    )
+
+
+def estimate_ctf(
+    micrograph: Array,
+    *,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amp_contrast: float = 0.1,
+    box_px: int = 512,
+    resolution_band_A: tuple[float, float] = (30.0, 5.0),
+    defocus_range_A: tuple[float, float] = (5000.0, 50000.0),
+    fit_phase_shift: bool = False,
+) -> CtfFit:
+    """Estimate the CTF of a micrograph from the power spectrum averaged over ``box_px`` tiles.
+
+    Parameters
+    ----------
+    micrograph : ndarray of shape (ny, nx)
+        Summed (preferably not dose-weighted) micrograph.
+    pixel_size_A : float
+        Pixel size (A).
+    box_px : int
+        Tile size of the averaged spectrum (px); tiles overlap by half.
+
+    Other parameters are those of :func:`fit_ctf_spectrum`.
+
+    References
+    ----------
+    Rohou & Grigorieff (2015), doi:10.1016/j.jsb.2015.08.008.
+    """
+    if getattr(micrograph, "ndim", 0) != 2:
+        raise ValueError("micrograph must be a 2D array (ny, nx)")
+    spectrum = centred_power_spectrum(micrograph, box_px=box_px)
+    return fit_ctf_spectrum(
+        spectrum,
+        pixel_size_A=pixel_size_A,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amp_contrast=amp_contrast,
+        resolution_band_A=resolution_band_A,
+        defocus_range_A=defocus_range_A,
+        fit_phase_shift=fit_phase_shift,
+    )
+
+
+def estimate_ctf_patches(
+    micrograph: Array,
+    *,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amp_contrast: float = 0.1,
+    grid: tuple[int, int] = (3, 3),
+    box_px: int = 256,
+    resolution_band_A: tuple[float, float] = (30.0, 5.0),
+    defocus_range_A: tuple[float, float] = (5000.0, 50000.0),
+    search_fraction: float = 0.25,
+) -> PatchCtfFit:
+    """Fit the CTF of each patch of a grid and a mean-defocus plane (sample tilt) through them.
+
+    Each patch is fitted within ``search_fraction`` of the whole micrograph's mean defocus; the
+    plane is the least-squares fit of the patch mean defoci over the patch centres.
+
+    Parameters
+    ----------
+    micrograph : ndarray of shape (ny, nx)
+        Summed micrograph.
+    grid : (n_y, n_x)
+        Patch grid; each patch must hold at least one ``box_px`` tile.
+    box_px : int
+        Tile size of each patch's averaged spectrum (px).
+    search_fraction : float
+        Relative half-width of each patch's defocus search around the overall fit.
+
+    Other parameters are those of :func:`fit_ctf_spectrum`.
+
+    References
+    ----------
+    Rohou & Grigorieff (2015), doi:10.1016/j.jsb.2015.08.008.
+    """
+    ny, nx = micrograph.shape
+    gy, gx = grid
+    if min(grid) < 1 or ny // gy < box_px or nx // gx < box_px:
+        raise ValueError(f"grid {grid} leaves patches smaller than box_px={box_px}")
+    settings = {
+        "pixel_size_A": pixel_size_A,
+        "voltage_kV": voltage_kV,
+        "cs_mm": cs_mm,
+        "amp_contrast": amp_contrast,
+        "resolution_band_A": resolution_band_A,
+    }
+    overall = estimate_ctf(micrograph, box_px=box_px, defocus_range_A=defocus_range_A, **settings)
+    near = (
+        overall.defocus_mean_A * (1 - search_fraction),
+        overall.defocus_mean_A * (1 + search_fraction),
+    )
+    patches = []
+    centres = []
+    for iy in range(gy):
+        for ix in range(gx):
+            y0, y1 = iy * ny // gy, (iy + 1) * ny // gy
+            x0, x1 = ix * nx // gx, (ix + 1) * nx // gx
+            patches.append(
+                estimate_ctf(
+                    micrograph[y0:y1, x0:x1], box_px=box_px, defocus_range_A=near, **settings
+                )
+            )
+            centres.append(((y0 + y1) / 2.0, (x0 + x1) / 2.0))
+    centres_np = np.asarray(centres)
+    design = np.column_stack(
+        [np.ones(len(centres)), centres_np[:, 0] - ny / 2.0, centres_np[:, 1] - nx / 2.0]
+    )
+    means = np.array([fit.defocus_mean_A for fit in patches])
+    plane, *_ = np.linalg.lstsq(design, means, rcond=None)
+    tilt = math.degrees(math.atan(math.hypot(plane[1], plane[2]) / pixel_size_A))
+    return PatchCtfFit(
+        overall=overall, centres_px=centres_np, patches=patches, plane_A=plane, tilt_deg=tilt
+    )
