@@ -289,6 +289,13 @@ def test_we_read_what_starfile_writes(tmp_path: Path) -> None:
         ("data_\nloop_\n_rlnImageName\n0@foo.mrcs\n", "index must be >= 1"),
         (
             (
+                "data_optics\nloop_\n_rlnOpticsGroup\n0\n\ndata_particles\nloop_\n"
+                "_rlnImageName\n_rlnOpticsGroup\n1@a.mrcs 0\n"
+            ),
+            "rlnOpticsGroup must be >= 1",
+        ),
+        (
+            (
                 "data_optics\nloop_\n_rlnOpticsGroup\n_rlnVoltage\n1 300\n\n"
                 "data_particles\nloop_\n_rlnImageName\n_rlnOpticsGroup\n1@a.mrcs 2\n"
             ),
@@ -344,3 +351,34 @@ def test_cs_to_star_to_dataset_keeps_3d_poses(real: Path, tmp_path: Path) -> Non
         np.testing.assert_array_equal(back[field], particles[field], err_msg=field)
     save_cs(back, tmp_path / "back.cs")
     assert len(load_cs(tmp_path / "back.cs")) == 2019
+
+
+def test_coordinates_become_fractions_when_the_micrograph_size_is_known(
+    real: Path, tmp_path: Path
+) -> None:
+    """beta-gal picks are in the 3710 x 3838 px micrograph frame (README)."""
+    source = real / "relion30-betagal-sppractice/extract/particles.star"
+    particles = dataset_from_star(source, micrograph_shape_px=(3838, 3710))
+    table = read_star(source)["particles"]
+    assert isinstance(table, pd.DataFrame)
+    assert "relion/CoordinateX" not in particles
+    np.testing.assert_allclose(
+        particles["location/center_x_frac"] * 3710.0, table["rlnCoordinateX"], atol=1e-3
+    )  # px
+    assert particles["location/center_y_frac"].max() < 1.0
+    save_star(particles, tmp_path / "out.star")
+    again = dataset_from_star(tmp_path / "out.star", micrograph_shape_px=(3838, 3710))
+    np.testing.assert_array_equal(
+        again["location/center_x_frac"], particles["location/center_x_frac"]
+    )
+    with pytest.raises(ValueError, match="micrograph_shape_px"):
+        dataset_from_star(source, micrograph_shape_px=(0, 3710))
+
+
+def test_uids_are_reproducible_with_a_seed(real: Path) -> None:
+    source = real / "cryodrgn-testdata/relion31.star"
+    first, second = dataset_from_star(source, seed=7), dataset_from_star(source, seed=7)
+    np.testing.assert_array_equal(first.uid, second.uid)
+    assert not np.array_equal(first.uid, dataset_from_star(source, seed=8).uid)
+    by_file = first.filter(**{"blob/path": "relion31.mrcs", "ctf/exp_group_id": 0})
+    assert len(by_file) == 5

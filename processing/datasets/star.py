@@ -228,8 +228,9 @@ def dataset_from_star(
             raise DatasetFileError(
                 source, f"items use optics groups {sorted(unknown)} absent from data_optics"
             )
-        optics_names = set(optics.columns) - {"rlnOpticsGroup"}
-        shared = optics_names & set(items.columns)
+        # A column in both tables is a per-item override: the item table's value wins.
+        shared = set(optics.columns) & set(items.columns) - {"rlnOpticsGroup"}
+        optics_names = set(optics.columns) - shared - {"rlnOpticsGroup"}
         optics_only = optics.drop(columns=sorted(shared))
         items = items.merge(optics_only, on="rlnOpticsGroup", how="left", sort=False)
     used: set[str] = set()
@@ -257,6 +258,8 @@ def dataset_from_star(
         if name not in items:
             continue
         values = take(name).to_numpy(dtype=np.float64)
+        if one_based and values.size and values.min() < 1:
+            raise DatasetFileError(source, f"{name} must be >= 1 (STAR is 1-based)")
         if one_based:
             columns[field] = (values - 1).astype(np.uint32)
         else:
