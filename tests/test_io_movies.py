@@ -70,6 +70,24 @@ def test_tiff_streams_in_batches(tmp_path: Path, counts: np.ndarray) -> None:
     np.testing.assert_array_equal(np.concatenate(batches), counts)
 
 
+def _open_descriptors(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if fd.exists() and fd.resolve() == path.resolve())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_stopping_early_stops_the_read_ahead_and_closes_the_file(
+    tmp_path: Path, counts: np.ndarray
+) -> None:
+    path = tmp_path / "movie.tif"
+    write_movie_tiff(path, counts)
+    stream = iter_movie(path, batch_size=1, n_threads=2)
+    np.testing.assert_array_equal(next(stream), counts[:1])
+    assert _open_descriptors(path) == 1
+    stream.close()
+    assert _open_descriptors(path) == 0
+
+
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "bz2"])
 def test_mrc_movie_round_trip(tmp_path: Path, counts: np.ndarray, compress: bool) -> None:
     path = tmp_path / "movie.mrcs"

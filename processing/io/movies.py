@@ -20,8 +20,10 @@ What is not supported
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,7 +176,7 @@ def _decode_tiff_batches(
     *,
     batch_size: int,
     n_threads: int,
-) -> Iterator[npt.NDArray[Any]]:
+) -> Generator[npt.NDArray[Any], None, None]:
     """Decode consecutive pages ``batch_size`` at a time on ``n_threads`` threads."""
     group = info.raw_frames_per_fraction
     n_raw = info.n_frames * group
@@ -203,6 +205,25 @@ def _decode_tiff_batches(
         yield raw
 
 
+def _read_ahead(
+    batches: Generator[npt.NDArray[Any], None, None],
+) -> Generator[npt.NDArray[Any], None, None]:
+    """Decode the next batch on a background thread while the caller works on this one.
+
+    Motion correction alternates decoding (imagecodecs, GIL released) and FFTs; overlapping
+    them hides the shorter of the two. ``batches`` is closed however the caller stops.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="movie-read-ahead") as pool:
+        try:
+            pending = pool.submit(next, batches, None)
+            while (batch := pending.result()) is not None:
+                pending = pool.submit(next, batches, None)
+                yield batch
+        finally:
+            pool.shutdown(wait=True)
+            batches.close()
+
+
 def iter_movie(
     path: str | os.PathLike[str],
     *,
@@ -223,6 +244,7 @@ def iter_movie(
         Frames per yielded batch (the last may be shorter).
     n_threads : int, optional
         Threads that decode TIFF/EER pages of a batch concurrently (default: all cores).
+        The next batch is decoded while the caller processes the current one.
     correction : FrameCorrection, optional
         Gain reference and defect mask applied to each batch; frames then come out float32.
     eer_fractions : int, optional
@@ -265,10 +287,10 @@ def iter_movie(
         info = _tiff_info(tif, file, fmt, eer_fractions)
         if correction is not None:
             correction.check_frame_shape(info.frame_shape, file)
-        for batch in _decode_tiff_batches(
-            tif, info, file, batch_size=batch_size, n_threads=threads
-        ):
-            yield batch if correction is None else correction.apply(batch)
+        batches = _decode_tiff_batches(tif, info, file, batch_size=batch_size, n_threads=threads)
+        with contextlib.closing(_read_ahead(batches)) as stream:  # stop decoding before closing
+            for batch in stream:
+                yield batch if correction is None else correction.apply(batch)
 
 
 def read_movie(
