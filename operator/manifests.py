@@ -180,8 +180,8 @@ def build_child_job(
     requests: dict[str, Any] = {"cpu": job.spec.resources.cpu, "memory": job.spec.resources.memory}
     limits: dict[str, Any] = {"memory": job.spec.resources.memory}
     if gpus:
-        requests[workers.gpu_resource_name] = gpus
-        limits[workers.gpu_resource_name] = gpus
+        requests[workers.gpu_resource_name] = str(gpus)
+        limits[workers.gpu_resource_name] = str(gpus)
     env: list[dict[str, Any]] = [
         {"name": "CRYOKUBE_PROJECT", "value": job.spec.project},
         {"name": "CRYOKUBE_JOB", "value": name},

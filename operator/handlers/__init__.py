@@ -1,0 +1,57 @@
+"""kopf handlers: one module per kind (``projects``, ``jobs``) plus ``startup``.
+
+Importing this package registers every handler in kopf's default registry. In a cluster the
+operator runs as ``kopf run --standalone -m cryokube.operator.handlers --all-namespaces``;
+:func:`run` starts the same handlers inside an existing event loop (tests, benchmarks, the
+workstation CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import kopf
+
+from . import jobs, projects, startup
+from .startup import OperatorConfig
+
+__all__ = ["OperatorConfig", "jobs", "projects", "run", "startup"]
+
+
+async def run(
+    config: OperatorConfig,
+    *,
+    stop_flag: asyncio.Event | threading.Event,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+    namespaces: tuple[str, ...] = (),
+) -> None:
+    """Run the operator until ``stop_flag`` is set.
+
+    Parameters
+    ----------
+    config : OperatorConfig
+        Where the API server is, the metadata service, the metrics port.
+    stop_flag : asyncio.Event or threading.Event
+        Set it to stop the operator gracefully (a ``threading.Event`` from another thread).
+    ready_flag : asyncio.Event or threading.Event, optional
+        Set by kopf once the watches are started.
+
+    Notes
+    -----
+    On exit kopf cancels every task of the loop created after it started (kopf's
+    ``run_tasks``), so a host that shares the loop loses its own later tasks; tests and
+    benchmarks therefore run the operator in its own thread and event loop.
+    namespaces : tuple of str, optional
+        Namespaces (globs) to serve; empty: the whole cluster.
+    """
+    await kopf.operator(
+        registry=kopf.get_default_registry(),
+        # One replica (Deployment strategy Recreate): peering would only add API traffic.
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        memo=kopf.Memo(config=config),
+    )

@@ -1,0 +1,169 @@
+"""kopf handlers of cryokube.io Jobs: index the world, then apply :func:`status.plan_job`.
+
+One coroutine, :func:`reconcile_job`, runs on every trigger (create, update, resume, a timer,
+and events of the child batch Job and its pods) and is level-based: it reads the current state
+from kopf indexes, asks the pure planner what to do, and applies at most one kind of write.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import os
+from typing import Any
+
+import kopf
+
+from .. import metrics
+from ..manifests import JOB_LABEL, build_child_job, build_token_secret, child_name
+from ..models import GROUP, VERSION, InvalidSpecError, JobResource, ProjectResource, parse_job
+from ..status import TERMINAL_PHASES, Peer, Plan, invalid_plan, plan_job
+from . import kube
+
+JOBS = (GROUP, VERSION, "jobs")
+CHILD_SELECTOR = {JOB_LABEL: kopf.PRESENT}
+
+RECHECK_INTERVAL_S = float(os.environ.get("CRYOKUBE_RECHECK_INTERVAL_S", "10"))
+"""How often a non-terminal Job is re-checked: inputs that succeeded and freed quota are seen
+by this timer (the child's own events arrive at once)."""
+
+
+def peer_of(body: Any) -> Peer | None:
+    """What other Jobs need to know of this one; ``None`` for a Job whose spec is invalid."""
+    try:
+        job = JobResource.model_validate(body)
+    except ValueError:
+        return None
+    status = job.status
+    return Peer(
+        name=job.metadata.name,
+        project=job.spec.project,
+        job_type=job.spec.type,
+        phase=status.phase,
+        gpus=job.gpus_total(),
+        priority=job.spec.priority,
+        holds_gpus=bool(status.gpus) and status.phase not in TERMINAL_PHASES,
+    )
+
+
+@kopf.index(*JOBS)
+def job_peers(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Peer] | None:
+    """Index every Job by namespace, for input gating and the GPU quota."""
+    peer = peer_of(body)
+    return None if peer is None else {str(namespace): peer}
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD_SELECTOR)
+def child_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    """Index our child batch Jobs by ``(namespace, parent name)``."""
+    return {(namespace, labels[JOB_LABEL]): copy.deepcopy(dict(body))}
+
+
+@kopf.index("", "v1", "pods", labels=CHILD_SELECTOR)
+def child_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    """Index the pods of our children by ``(namespace, parent name)``."""
+    return {(namespace, labels[JOB_LABEL]): {"status": copy.deepcopy(dict(body.status))}}
+
+
+async def reconcile_job(
+    body: Any, *, memo: kopf.Memo, indexes: dict[str, kopf.Index[Any, Any]]
+) -> Plan:
+    """Plan from the indexes and apply the plan's write; return the plan (status not written)."""
+    now = dt.datetime.now(dt.UTC)
+    try:
+        job = parse_job(body)
+    except InvalidSpecError as exc:
+        meta, status = body.get("metadata", {}), dict(body.get("status") or {})
+        return invalid_plan(status, meta.get("generation"), str(exc), now)
+    ns, name = job.metadata.namespace, job.metadata.name
+    key = (ns, name)
+    peers = {p.name: p for p in indexes["job_peers"].get(ns, [])}
+    for (other_ns, other), gpus in memo.reserved.items():  # creates the index has not seen yet
+        if other_ns == ns and other in peers and other != name:
+            peers[other] = dataclasses.replace(peers[other], holds_gpus=gpus > 0)
+    project_bodies = list(indexes["projects"].get((ns, job.spec.project), []))
+    project = ProjectResource.model_validate(project_bodies[0]) if project_bodies else None
+    children = list(indexes["child_jobs"].get(key, []))
+    pods = list(indexes["child_pods"].get(key, []))
+    progress = await memo.metadata.progress_percent(job) if children else None
+    plan = plan_job(
+        job,
+        project=project,
+        child=children[0] if children else None,
+        pods=pods,
+        peers=peers,
+        now=now,
+        progress_percent=progress,
+    )
+    if plan.action == "create" and project is not None:
+        memo.reserved[key] = job.gpus_total()
+        token = await memo.metadata.register_job(job)
+        secret = build_token_secret(job, token)
+        child = build_child_job(job, project, config=memo.worker_config)
+        kopf.adopt([secret, child], owner=body)
+        await kube.create(memo.api, secret)
+        await kube.create(memo.api, child)
+    elif plan.action == "delete":
+        await kube.delete_child(memo.api, ns, child_name(name))
+        await memo.metadata.mark_job(job, plan.status["phase"])
+    if not plan.status.get("gpus"):
+        memo.reserved.pop(key, None)
+    _observe(job, plan, peers)
+    return plan
+
+
+def _observe(job: JobResource, plan: Plan, peers: dict[str, Peer]) -> None:
+    """Update the Prometheus metrics after a pass."""
+    metrics.RECONCILES.labels(plan.action, plan.status["phase"]).inc()
+    ns, project = job.metadata.namespace, job.spec.project
+    others = (p for p in peers.values() if p.project == project and p.name != job.metadata.name)
+    in_use = sum(p.gpus for p in others if p.holds_gpus) + int(plan.status.get("gpus") or 0)
+    metrics.GPUS_IN_USE.labels(ns, project).set(in_use)
+    metrics.JOBS_WAITING.labels(ns).set(sum(p.phase == "Waiting" for p in peers.values()))
+
+
+def _post_event(body: Any, plan: Plan) -> None:
+    if plan.event is not None:
+        kind, reason, message = plan.event
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+
+@kopf.on.resume(*JOBS)
+@kopf.on.create(*JOBS)
+@kopf.on.update(*JOBS)
+@kopf.timer(
+    *JOBS,
+    interval=RECHECK_INTERVAL_S,
+    when=lambda status, **_: status.get("phase") not in TERMINAL_PHASES,
+)
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Reconcile a Job; write its status; an invalid spec is a permanent error."""
+    plan = await reconcile_job(body, memo=memo, indexes=kwargs)
+    if plan.changed:
+        patch.status.update(plan.status)
+    _post_event(body, plan)
+    if plan.status["phase"] == "Invalid":
+        raise kopf.PermanentError(plan.status["conditions"][-1]["message"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_SELECTOR)
+@kopf.on.event("", "v1", "pods", labels=CHILD_SELECTOR)
+async def child_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Re-reconcile the parent Job when its child or one of the child's pods changes."""
+    parent = await kube.get_job(memo.api, str(namespace), labels[JOB_LABEL])
+    if parent is None:
+        return
+    plan = await reconcile_job(parent, memo=memo, indexes=kwargs)
+    if plan.changed:
+        await kube.patch_job_status(memo.api, str(namespace), labels[JOB_LABEL], plan.status)
+    _post_event(parent, plan)
+
+
+@kopf.on.delete(*JOBS, optional=True)
+async def deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Best effort: delete the child (and its pods) when a Job is deleted; never blocks it."""
+    memo.reserved.pop((namespace, name), None)
+    await kube.delete_child(memo.api, str(namespace), child_name(name))

@@ -1,0 +1,107 @@
+"""Operator start-up and clean-up: kopf settings, configuration and clients in ``memo``.
+
+The operator owns its identity: its finalizer and its progress and diff-base annotations live
+under ``cryokube.io`` (not kopf's default ``kopf.zalando.org``), so they read as ours in
+``kubectl get -o yaml`` and never collide with another kopf operator on the same objects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import kubernetes
+import prometheus_client
+
+from ..manifests import WorkerConfig
+from ..registration import NoMetadata
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings read once at start-up.
+
+    Attributes
+    ----------
+    kube_host : str or None
+        API server URL to use instead of the in-cluster service account or kubeconfig
+        (tests point it at the kmock emulator).
+    metadata_url : str or None
+        Metadata-service base URL; ``None`` runs without it (:class:`NoMetadata`).
+    metrics_port : int
+        Port of the Prometheus ``/metrics`` endpoint; 0 disables it.
+    cluster : bool
+        Whether this runs against a real cluster (a Project's local ``storage.path`` is invalid).
+    """
+
+    kube_host: str | None = None
+    metadata_url: str | None = None
+    metrics_port: int = 0
+    cluster: bool = True
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        """Read ``CRYOKUBE_KUBE_HOST``, ``CRYOKUBE_METADATA_URL``, ``CRYOKUBE_METRICS_PORT``."""
+        port = os.environ.get("CRYOKUBE_METRICS_PORT", "9090")
+        if not port.isdigit():
+            raise ValueError(f"CRYOKUBE_METRICS_PORT must be a port number, got {port!r}")
+        return cls(
+            kube_host=os.environ.get("CRYOKUBE_KUBE_HOST") or None,
+            metadata_url=os.environ.get("CRYOKUBE_METADATA_URL") or None,
+            metrics_port=int(port),
+        )
+
+
+def _api_client(config: OperatorConfig) -> Any:
+    if config.kube_host:
+        conf = kubernetes.client.Configuration()
+        conf.host = config.kube_host
+        return kubernetes.client.ApiClient(conf)
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Set kopf's storage, timeouts and posting; put config and clients into ``memo``."""
+    settings.persistence.finalizer = "cryokube.io/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="cryokube.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="cryokube.io", key="last-handled-configuration"
+    )
+    # Without a server timeout a watch can hang silently behind load balancers that drop idle
+    # connections (kopf issue #204); reconnecting every 5 minutes bounds that. The client timeout
+    # is a little longer so the server, not the client, ends the normal case.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Events carry our reasons (kopf.event); kopf's own per-handler events would only add noise.
+    settings.posting.level = 30  # logging.WARNING
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
+    memo.config = config
+    memo.api = _api_client(config)
+    memo.worker_config = WorkerConfig(metadata_url=config.metadata_url)
+    memo.metadata = memo.get("metadata") or NoMetadata()
+    memo.reserved = {}
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port)
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in to ``kube_host`` when configured, else the service account or kubeconfig."""
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
+    if config.kube_host:
+        return kopf.ConnectionInfo(server=config.kube_host)
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Close the Kubernetes and metadata-service clients."""
+    await memo.metadata.close()
+    memo.api.close()
