@@ -343,9 +343,23 @@ def _import_alignments(
 
 
 def _format_floats(values: npt.ArrayLike, dtype: npt.DTypeLike) -> list[str]:
-    """Shortest decimals that read back to the same ``dtype`` value (always with a '.')."""
+    """Decimals that read back to exactly the same ``dtype`` values.
+
+    float64 uses Python's shortest round-trip ``repr``; float32 uses the fewest of 7, 8 or 9
+    significant digits that round-trip (9 always do), so a STAR value with at most 7
+    significant digits is written back as it was read.
+    """
     array = np.asarray(values, dtype=dtype)
-    return [np.format_float_positional(item, unique=True, trim="0") for item in array]
+    wide = array.astype(np.float64).tolist()
+    if array.dtype != np.float32:
+        return [repr(item) for item in wide]
+    text = [f"{item:.7g}" for item in wide]
+    for digits in (8, 9):
+        parsed = np.array(text, dtype=np.float64).astype(np.float32)
+        redo = np.flatnonzero((parsed != array) & ~np.isnan(array)).tolist()
+        for index in redo:
+            text[index] = f"{wide[index]:.{digits}g}"
+    return text
 
 
 def _format_column(values: np.ndarray) -> list[str]:
@@ -355,7 +369,11 @@ def _format_column(values: np.ndarray) -> list[str]:
     if values.dtype.kind in "iu":
         return [str(item) for item in values.tolist()]
     if values.dtype.kind == "f":
-        return _format_floats(values, values.dtype)
+        # A float column must read back as floats: "300" would come back as an integer.
+        return [
+            text if any(mark in text for mark in ".eni") else text + ".0"
+            for text in _format_floats(values, values.dtype)
+        ]
     raise TypeError(f"cannot write a column of dtype {values.dtype} to STAR")
 
 
