@@ -179,3 +179,11 @@ class JobType:
                 return group
         known = ", ".join(g.name for g in self.outputs) or "none"
         raise ValueError(f"job type {self.name!r} has no output {name!r} (outputs: {known})")
+
+
+class JobInputError(ValueError):
+    """An input is missing, unfinished, of the wrong kind, or unreadable: a permanent error.
+
+    Raised by the worker runtime and by job ``run`` functions; the worker exits with code 2 so
+    that the Job fails at once instead of retrying.
+    """

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .base import DataKind, JobParams, JobType, OutputGroup, param
+import fnmatch
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+
+from .base import DataKind, JobInputError, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.worker.context import JobContext
 
 
 class Params(JobParams):
@@ -32,6 +40,71 @@ class Params(JobParams):
     )
 
 
+def _folder_of(pattern: str) -> str:
+    """The longest folder prefix of a glob without wildcards (where to list)."""
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return "/".join(fixed)
+
+
+def run(ctx: JobContext) -> None:
+    """Find the movies, read their headers, and write the ``movies`` dataset."""
+    from cryokube.processing.datasets import Dataset, save_cs
+    from cryokube.processing.io.movies import read_movie_info
+
+    p = cast(Params, ctx.params)
+    keys = [
+        k for k in ctx.storage.list(_folder_of(p.blob_paths)) if fnmatch.fnmatch(k, p.blob_paths)
+    ]
+    if not keys:
+        raise JobInputError(f"params.blob_paths: no file in the project matches {p.blob_paths!r}")
+    if p.gain_ref_path is not None and not ctx.storage.exists(p.gain_ref_path):
+        raise JobInputError(f"params.gain_ref_path: {p.gain_ref_path!r} does not exist")
+    shapes: list[tuple[int, ...]] = []
+    for index, key in enumerate(keys):
+        if index == 0 or not p.skip_header_check:
+            with ctx.open_input(key) as path:
+                info = read_movie_info(path)
+            shape = (info.n_frames, *info.frame_shape)
+            if shapes and shape != shapes[0]:
+                raise JobInputError(f"{key}: shape {shape} differs from {keys[0]}: {shapes[0]}")
+        shapes.append(shape)
+        ctx.progress((index + 1) / len(keys), f"read {key}")
+    n = len(keys)
+    dataset = Dataset.from_columns(
+        {
+            "movie_blob/path": keys,
+            "movie_blob/shape": np.asarray(shapes, dtype=np.uint32),
+            "movie_blob/psize_A": np.full(n, p.psize_A, dtype=np.float32),
+            "movie_blob/is_gain_corrected": np.full(n, p.gain_ref_path is None, dtype=np.uint32),
+            "gain_ref_blob/path": [p.gain_ref_path or ""] * n,
+            "gain_ref_blob/flip_x": np.full(n, p.gain_flip_x, dtype=np.uint32),
+            "gain_ref_blob/rotate_num": np.full(n, p.gain_rotate_deg // 90, dtype=np.uint32),
+            "mscope_params/accel_kv": np.full(n, p.accel_kv, dtype=np.float32),
+            "mscope_params/cs_mm": np.full(n, p.cs_mm, dtype=np.float32),
+            "mscope_params/total_dose_e_per_A2": np.full(
+                n, p.total_dose_e_per_A2, dtype=np.float32
+            ),
+            "mscope_params/exp_group_id": np.ones(n, dtype=np.uint32),
+        },
+        uid=ctx.stable_uids(keys),
+    )
+    local = ctx.scratch_path("movies.cs")
+    save_cs(dataset, local)
+    entry = ctx.publish(local, "movies.cs")
+    ctx.add_output(
+        "movies",
+        dataset=entry,
+        n_items=n,
+        summary={"movies": n, "frames": int(shapes[0][0]), "frame_shape_px": list(shapes[0][1:])},
+    )
+    ctx.log(f"imported {n} movies of {shapes[0][0]} frames, {shapes[0][2]} x {shapes[0][1]} px")
+
+
 JOB = JobType(
     name="import_movies",
     title="Import Movies",
@@ -39,4 +112,5 @@ JOB = JobType(
     params=Params,
     inputs=(),
     outputs=(OutputGroup("movies", DataKind.MOVIES, "Imported movies with exposure metadata"),),
+    run=run,
 )
