@@ -135,7 +135,7 @@ def test_values_schema_is_generated_and_current(repo_root: Path) -> None:
     [
         ("operator.replicaCount=2", "additional properties 'replicaCount' not allowed"),
         ("storage.mode=nfs", "value must be one of 'pvc', 's3'"),
-        ("metadataService.rpcPort=70000", "maximum"),
+        ("metadataService.port=70000", "maximum"),
     ],
 )
 def test_schema_rejects_bad_values(repo_root: Path, setting: str, message: str) -> None:
@@ -372,12 +372,12 @@ def reachable(policies: list[dict[str, Any]], source: Pod, target: Pod) -> set[i
 def test_network_policies_allow_exactly_the_platform_flows(docs: list[dict[str, Any]]) -> None:
     policies = objects(docs, "NetworkPolicy")
     pods = chart_pods(docs)
-    http, rpc = 8080, 8081
+    service = 8080  # the metadata service's one port: console, user API and worker RPC
     expected = {
-        ("auth-proxy", "metadata"): {http},
-        ("operator", "metadata"): {http},
-        ("worker", "metadata"): {rpc},
-        ("worker-elsewhere", "metadata"): {rpc},
+        ("auth-proxy", "metadata"): {service},
+        ("operator", "metadata"): {service},
+        ("worker", "metadata"): {service},
+        ("worker-elsewhere", "metadata"): {service},
     }
     if any(p.component == "mongodb" for p in pods):
         expected[("metadata", "mongodb")] = {27017}
@@ -446,7 +446,7 @@ def test_workers_get_the_configured_defaults(repo_root: Path) -> None:
     assert workers["image"] == "ghcr.io/cryokube/worker:1.2.3"
     assert workers["nodeSelector"] == {"node.kubernetes.io/instance-type": "g6e.xlarge"}
     assert workers["storage"]["s3"]["bucket"] == "lab-cryokube-projects"
-    assert workers["metadataRpcURL"] == f"http://{RELEASE}-cryokube-metadata.{NAMESPACE}.svc:8081"
+    assert workers["metadataURL"] == f"http://{RELEASE}-cryokube-metadata.{NAMESPACE}.svc:8080"
 
 
 def test_mongodb_modes(repo_root: Path) -> None:
@@ -475,7 +475,10 @@ def test_chart_crds_are_a_copy_of_the_generated_crds(repo_root: Path) -> None:
     copied = {
         p.name: p.read_bytes() for p in sorted((repo_root / "charts/cryokube/crds").glob("*.yaml"))
     }
-    assert copied == generated, "copy crds/*.yaml into charts/cryokube/crds/ (docs/install.md)"
+    assert copied == generated, (
+        "regenerate the chart's copy: "
+        "PYTHONSAFEPATH=1 .venv/bin/python -m cryokube.operator.crdgen charts/cryokube/crds"
+    )
 
 
 def test_notes_tell_how_to_reach_the_console(repo_root: Path, tmp_path: Path) -> None:
