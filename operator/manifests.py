@@ -265,7 +265,7 @@ def build_child_job(
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if job.spec.queue:
         spec["suspend"] = True
