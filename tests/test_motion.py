@@ -1,0 +1,182 @@
+"""Motion correction against the simulator's known global and local drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryokube.processing.algorithms.motion import (
+    MotionResult,
+    align_movie,
+    dose_weights,
+    evaluate_deformation,
+    fit_deformation,
+)
+from cryokube.processing.backend import irfft2, radial_frequency, rfft2
+from cryokube.processing.io.gain import FrameCorrection, find_defects
+from cryokube.processing.simulate import Movie, simulate_movie
+
+
+def _corrected(movie: Movie) -> np.ndarray:
+    """Gain and hot-pixel correction as the job applies it while reading (io.gain)."""
+    gain = movie.truth.gain
+    defects = find_defects(movie.frames.sum(axis=0) * gain)
+    return FrameCorrection(gain=gain, defects=defects).apply(movie.frames)
+
+
+@pytest.fixture(scope="module")
+def realistic() -> tuple[Movie, MotionResult]:
+    """1024 x 1024 x 40 frames at 1 e/A^2 per frame and 1 A/px: one count per pixel per frame."""
+    movie = simulate_movie(
+        shape=(1024, 1024),
+        pixel_size_A=1.0,
+        n_frames=40,
+        dose_per_frame_e_per_A2=1.0,
+        total_drift_px=15.0,
+        local_drift_px=2.0,
+        seed=3,
+    )
+    result = align_movie(_corrected(movie), pixel_size_A=1.0, dose_per_frame_e_per_A2=1.0)
+    return movie, result
+
+
+def _rms_px(error_yx: np.ndarray) -> float:
+    """RMS length of trajectory errors after removing each trajectory's mean offset."""
+    centred = error_yx - error_yx.mean(axis=-2, keepdims=True)
+    return float(np.sqrt(np.mean(np.sum(centred**2, axis=-1))))
+
+
+@pytest.mark.slow
+def test_global_trajectory_within_0p2_px(realistic: tuple[Movie, MotionResult]) -> None:
+    movie, result = realistic
+    truth_yx = movie.truth.drift_px[:, ::-1]
+    assert np.ptp(truth_yx, axis=0).max() > 5.0  # the movie really drifts
+    assert _rms_px(result.global_shifts_px - truth_yx) < 0.2
+    np.testing.assert_allclose(result.global_shifts_px[0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(result.global_shifts_A, result.global_shifts_px * 1.0)
+
+
+@pytest.mark.slow
+def test_local_trajectories_within_0p5_px(realistic: tuple[Movie, MotionResult]) -> None:
+    movie, result = realistic
+    centres = result.patch_centres_px
+    assert centres.shape == (25, 2)
+    truth = movie.truth.displacement_px(centres[:, 1], centres[:, 0])  # (frames, patches, xy)
+    truth_yx = np.moveaxis(truth, 0, 1)[..., ::-1]
+    local_only = truth_yx - movie.truth.drift_px[None, :, ::-1]
+    assert np.abs(local_only).max() > 1.0  # local motion is large enough to matter
+    assert _rms_px(result.local_shifts_px - truth_yx) < 0.5
+
+
+@pytest.mark.slow
+def test_outputs_of_realistic_movie(realistic: tuple[Movie, MotionResult]) -> None:
+    movie, result = realistic
+    assert result.micrograph.shape == (1024, 1024)
+    assert result.micrograph.dtype == np.float32
+    assert result.power_spectrum.shape == (512, 512)
+    assert result.thumbnail.shape == (512, 512)
+    # The aligned plain sum matches the truth image far better than the unaligned sum.
+    truth = movie.truth.image
+
+    def corr(a: np.ndarray) -> float:
+        return float(np.corrcoef(a[64:-64, 64:-64].ravel(), truth[64:-64, 64:-64].ravel())[0, 1])
+
+    assert corr(result.micrograph_plain) > corr(_corrected(movie).sum(axis=0)) + 0.1
+
+
+def _critical_exposure(k_per_A: np.ndarray) -> np.ndarray:
+    """Grant & Grigorieff (2015) critical exposure in e/A^2, written out independently."""
+    return 0.245 * np.maximum(k_per_A, 1e-6) ** -1.665 + 2.81
+
+
+def test_dose_weighted_sum_has_higher_spectral_snr() -> None:
+    """Frames whose signal decays by the measured radiation damage: weighting must help.
+
+    The signal is white (equal power at every frequency) so that the high-frequency band holds
+    signal; its amplitude at frequency k decays as exp(-N / (2 N_e(k))) with exposure N.
+    """
+    rng = np.random.default_rng(0)
+    signal = 0.3 * rng.standard_normal((384, 384)).astype(np.float32)
+    n_frames, dose = 40, 1.0
+    k = radial_frequency(signal.shape) / 1.0
+    spectrum = rfft2(signal)
+    frames = []
+    for i in range(n_frames):
+        damaged = irfft2(
+            spectrum * np.exp(-dose * (i + 1) / (2 * _critical_exposure(k))), signal.shape
+        )
+        frames.append(rng.poisson(dose * np.clip(1.0 + damaged, 0, None)))
+    result = align_movie(
+        np.asarray(frames, dtype=np.uint8),
+        pixel_size_A=1.0,
+        dose_per_frame_e_per_A2=dose,
+        patch_grid=None,
+    )
+
+    def ssnr(image: np.ndarray) -> float:
+        band = (k > 0.15) & (k < 0.3)
+        a, b = rfft2(image - image.mean())[band], spectrum[band]
+        frc = np.abs(np.sum(a * np.conj(b))) / np.sqrt(
+            np.sum(np.abs(a) ** 2) * np.sum(np.abs(b) ** 2)
+        )
+        return float(frc / (1 - frc))
+
+    assert ssnr(result.micrograph) > 1.3 * ssnr(result.micrograph_plain)
+
+
+def test_dose_weights_keep_zero_frequency_and_noise_power() -> None:
+    weights = dose_weights((64, 64), 1.0, np.arange(1, 31, dtype=np.float32))
+    assert weights.shape == (30, 64, 33)
+    np.testing.assert_allclose(weights[:, 0, 0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.sum(weights**2, axis=0), 30.0, rtol=1e-4)
+    assert weights[-1, 20, 20] < weights[0, 20, 20]  # late frames count less at high k
+
+
+def test_deformation_model_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    coefficients = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    centres = np.stack(np.meshgrid(np.linspace(100, 900, 5), np.linspace(100, 900, 5)), -1)
+    centres = centres.reshape(-1, 2)
+    trajectories = evaluate_deformation(coefficients, centres, 20, (1000, 1000))
+    offsets = rng.normal(size=(25, 1, 2)) * 5  # each patch has its own arbitrary offset
+    fitted = fit_deformation(centres, trajectories + offsets, (1000, 1000))
+    np.testing.assert_allclose(
+        evaluate_deformation(fitted, centres, 20, (1000, 1000)), trajectories, atol=1e-3
+    )
+
+
+def test_fourier_crop_float16_and_frame_range() -> None:
+    movie = simulate_movie(shape=(256, 256), n_frames=12, total_drift_px=4.0, seed=2)
+    result = align_movie(
+        _corrected(movie),
+        pixel_size_A=1.0,
+        dose_per_frame_e_per_A2=1.0,
+        patch_grid=(2, 2),
+        frame_range=(2, 12),
+        fourier_crop_factor=2.0,
+        output_float16=True,
+    )
+    assert result.micrograph.shape == (128, 128)
+    assert result.micrograph.dtype == np.float16
+    assert result.pixel_size_A == pytest.approx(2.0)
+    assert result.global_shifts_px.shape == (10, 2)
+    assert result.local_shifts_px.shape == (4, 10, 2)
+    truth_yx = movie.truth.drift_px[2:, ::-1]
+    assert _rms_px(result.global_shifts_px - truth_yx) < 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"pixel_size_A": 0.0}, "pixel_size_A"),
+        ({"max_resolution_A": 1.0}, "max_resolution_A"),
+        ({"frame_range": (3, 4)}, "frame_range"),
+        ({"fourier_crop_factor": 0.5}, "fourier_crop_factor"),
+        ({"patch_grid": (0, 3)}, "patch_grid"),
+    ],
+)
+def test_bad_parameters_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    frames = np.ones((4, 32, 32), dtype=np.float32)
+    arguments: dict[str, object] = {"pixel_size_A": 1.0, "dose_per_frame_e_per_A2": 1.0}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        align_movie(frames, **arguments)  # type: ignore[arg-type]
