@@ -47,6 +47,7 @@ HEADER_BYTES = 1024
 SUPPORTED_MODES = (0, 1, 2, 4, 6, 12)
 _WRITE_DTYPES = (np.int8, np.int16, np.uint16, np.float16, np.float32, np.complex64)
 _DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error)
+_CHUNK_ELEMENTS = 4 * 1024 * 1024  # float64 temporaries of the statistics stay at 32 MiB
 
 
 @dataclass(frozen=True)
@@ -513,29 +514,75 @@ def write_mrc(
     array = np.asarray(data)
     if array.ndim not in (2, 3):
         raise ValueError(f"data must be 2D or 3D, got shape {array.shape}")
-    if array.dtype == np.uint8:
-        array = array.astype(np.uint16)
-    elif array.dtype == np.float64:
-        array = array.astype(np.float32)
-    if float16:
-        if array.dtype.kind != "f":
-            raise TypeError(f"float16=True needs floating data, got dtype {array.dtype}")
-        array = array.astype(np.float16)
-    if array.dtype not in [np.dtype(t) for t in _WRITE_DTYPES]:
-        raise TypeError(f"data dtype {array.dtype} cannot be stored in MRC")
-    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(array))
+    file_dtype = _file_dtype(array.dtype, float16=float16)
+    sections = array.reshape((-1, *array.shape[-2:]))
+    with (
+        atomic_path(path) as tmp,
+        mrcfile.new_mmap(
+            tmp, array.shape, mrc_mode=mrc_utils.mode_from_dtype(file_dtype), overwrite=True
+        ) as mrc,
+    ):
+        stored = mrc.data.reshape(sections.shape)
+        step = max(1, _CHUNK_ELEMENTS // max(1, sections[0].size))
+        stats = _RunningStats()
+        for start in range(0, len(sections), step):
+            stored[start : start + step] = sections[start : start + step]
+            stats.add(stored[start : start + step])
         if stack and array.ndim == 3:
             mrc.set_image_stack()
         mrc.voxel_size = voxel
         mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
-        wide = array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
-        if array.dtype.kind == "c":
-            mrc.header.rms = np.float32(wide.std().real)
-        else:
-            mrc.header.dmin = np.float32(wide.min())
-            mrc.header.dmax = np.float32(wide.max())
-            mrc.header.dmean = np.float32(wide.mean())
-            mrc.header.rms = np.float32(-1.0 if float16 else wide.std())
+        stats.write_to(mrc.header, rms_undetermined=float16)
         if label is not None:
             mrc.add_label(label)
+
+
+def _file_dtype(dtype: np.dtype[Any], *, float16: bool) -> np.dtype[Any]:
+    """The dtype stored for ``dtype``: uint8 widens to uint16, float64 narrows to float32."""
+    if float16:
+        if dtype.kind != "f":
+            raise TypeError(f"float16=True needs floating data, got dtype {dtype}")
+        return np.dtype(np.float16)
+    widened = {np.dtype(np.uint8): np.uint16, np.dtype(np.float64): np.float32}.get(dtype, dtype)
+    if np.dtype(widened) not in [np.dtype(t) for t in _WRITE_DTYPES]:
+        raise TypeError(f"data dtype {dtype} cannot be stored in MRC")
+    return np.dtype(widened)
+
+
+class _RunningStats:
+    """Min, max, mean and RMS deviation accumulated chunk by chunk in float64.
+
+    Chunks are the values as stored (after any float16 rounding), so the header agrees with
+    what a reader recomputes; no full-size temporary is ever made.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.is_complex = False
+        self.total: complex = 0.0
+        self.squares = 0.0
+        self.low = np.inf
+        self.high = -np.inf
+
+    def add(self, chunk: npt.NDArray[Any]) -> None:
+        self.n += chunk.size
+        if chunk.dtype.kind == "c":
+            self.is_complex = True
+            self.total += complex(chunk.sum(dtype=np.complex128))
+            self.squares += float(np.vdot(chunk, chunk).real)
+            return
+        self.total += float(chunk.sum(dtype=np.float64))
+        self.squares += float(np.square(chunk, dtype=np.float64).sum())
+        self.low = min(self.low, float(chunk.min()))
+        self.high = max(self.high, float(chunk.max()))
+
+    def write_to(self, header: Any, *, rms_undetermined: bool) -> None:
+        mean = self.total / self.n
+        rms = float(np.sqrt(max(self.squares / self.n - abs(mean) ** 2, 0.0)))
+        if self.is_complex:
+            header.rms = np.float32(rms)  # MRC2014 leaves min/max/mean of complex data unset
+            return
+        header.dmin = np.float32(self.low)
+        header.dmax = np.float32(self.high)
+        header.dmean = np.float32(mean.real)
+        header.rms = np.float32(-1.0 if rms_undetermined else rms)
