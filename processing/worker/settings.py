@@ -111,3 +111,19 @@ def settings_from_env(env: Mapping[str, str]) -> WorkerSettings:
             f"{settings.shards}"
         )
     return settings
+
+
+def settings_to_env(settings: WorkerSettings) -> dict[str, str]:
+    """The environment that :func:`settings_from_env` reads back as ``settings``."""
+    env: dict[str, str] = {}
+    for field, var in ENV.items():
+        value = getattr(settings, field)
+        if value is None:
+            continue
+        if field in JSON_FIELDS:
+            env[var] = json.dumps(
+                [v.model_dump(exclude_none=True) for v in value] if field == "inputs" else value
+            )
+        else:
+            env[var] = str(value)
+    return env
