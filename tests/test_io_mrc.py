@@ -205,6 +205,12 @@ def test_wrong_dimensions(good_file: Path, field_offset: int) -> None:
         read_mrc(bad)
 
 
+def test_absurd_dimensions_are_a_truncated_file_not_an_overflow(good_file: Path) -> None:
+    huge = np.array([2**31 - 1] * 3, "<i4")  # 9.9e27 voxels: int64 products would wrap
+    with pytest.raises(TruncatedFileError, match="announces"):
+        read_mrc(_patched(good_file, 0, huge))
+
+
 def test_unreadable_compression(good_file: Path) -> None:
     packed = bytearray(bz2.compress(good_file.read_bytes()))
     packed[40:60] = b"\0" * 20

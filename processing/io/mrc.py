@@ -21,6 +21,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -127,7 +128,7 @@ class MrcInfo:
     @property
     def data_bytes(self) -> int:
         """Number of data bytes the header announces."""
-        return int(np.prod(self.shape)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _file_shape(info: MrcInfo) -> tuple[int, ...]:
@@ -332,9 +333,9 @@ class MrcStack:
         self.info = read_mrc_header(self.path)
         file_shape = self.info.file_shape
         self._frame_shape: tuple[int, ...] = tuple(file_shape[-2:])
-        self._n = 1 if len(file_shape) == 2 else int(np.prod(file_shape[:-2]))
+        self._n = 1 if len(file_shape) == 2 else math.prod(file_shape[:-2])
         self._dtype = self.info.dtype.newbyteorder(self.info.byte_order)
-        self._frame_bytes = int(np.prod(self._frame_shape)) * self._dtype.itemsize
+        self._frame_bytes = math.prod(self._frame_shape) * self._dtype.itemsize
         self._memmap: np.memmap[Any, Any] | None = None
         self._stream: IO[bytes] | None = None
         if self.info.compression is None:
