@@ -125,15 +125,14 @@ def _protein_chains(
         direction = direction / np.linalg.norm(direction, axis=1, keepdims=True)
         pos = pos + _RESIDUE_STEP_A * direction
         out[i] = pos
-        # persistence plus a turn back inwards when a chain leaves its domain
+        # persistence with a random turn, mirrored back inwards outside the chain's domain
+        direction = direction + 0.7 * rng.normal(size=(n_domains, 3))
         outward = pos - centres
         dist = np.linalg.norm(outward, axis=1, keepdims=True)
         normal = outward / np.maximum(dist, 1e-9)
-        leaving = (dist[:, 0] > radii) & (np.sum(direction * normal, axis=1) > 0)
-        direction = direction + 0.7 * rng.normal(size=(n_domains, 3))
-        direction[leaving] -= (
-            2 * np.sum(direction[leaving] * normal[leaving], axis=1)[:, None] * normal[leaving]
-        )
+        along = np.sum(direction * normal, axis=1)
+        leaving = (dist[:, 0] > radii) & (along > 0)
+        direction[leaving] -= 2 * along[leaving, None] * normal[leaving]
     return out.transpose(1, 0, 2).reshape(-1, 3)[:n_atoms]
 
 
