@@ -68,6 +68,17 @@ def fft_module(x: Array) -> ModuleType:
     return cast(ModuleType, _cupy_fft)  # pragma: no cover - GPU only
 
 
+def ndimage_module(x: Array) -> ModuleType:
+    """``scipy.ndimage`` for numpy input, ``cupyx.scipy.ndimage`` for CuPy input."""
+    if array_module(x) is np:
+        import scipy.ndimage
+
+        return cast(ModuleType, scipy.ndimage)
+    import cupyx.scipy.ndimage  # pragma: no cover - GPU only
+
+    return cast(ModuleType, cupyx.scipy.ndimage)  # pragma: no cover - GPU only
+
+
 def to_device(x: npt.ArrayLike, device: str = "cpu") -> Array:
     """Copy a host array to ``device`` (``"cpu"`` or ``"gpu"``); used by io and job code only."""
     if device == "cpu":
@@ -266,10 +277,7 @@ def rotate_image(x: Array, angle_deg: float, *, order: int = 1) -> Array:
     convention. Uses ``scipy.ndimage`` / ``cupyx.scipy.ndimage`` with interpolation ``order``.
     """
     xp = array_module(x)
-    if xp is np:
-        import scipy.ndimage as ndi
-    else:  # pragma: no cover - GPU only
-        import cupyx.scipy.ndimage as ndi
+    ndi = ndimage_module(x)
     ny, nx = x.shape[-2:]
     theta = np.deg2rad(angle_deg)
     c, s = np.cos(theta), np.sin(theta)

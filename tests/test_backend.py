@@ -143,6 +143,11 @@ def test_rotate_by_90_degrees_matches_rot90(xp: ModuleType) -> None:
     np.testing.assert_allclose(rotated, np.rot90(img, -1), atol=1e-5)
 
 
+def test_ndimage_module_follows_input(xp: ModuleType) -> None:
+    ndi = bk.ndimage_module(xp.zeros(3))
+    assert ndi.__name__ == ("scipy.ndimage" if xp is np else "cupyx.scipy.ndimage")
+
+
 def test_to_device_round_trip_and_bad_device() -> None:
     host = _image((4, 4))
     assert bk.to_host(bk.to_device(host, "cpu")) is host
