@@ -382,3 +382,42 @@ def test_uids_are_reproducible_with_a_seed(real: Path) -> None:
     assert not np.array_equal(first.uid, dataset_from_star(source, seed=8).uid)
     by_file = first.filter(**{"blob/path": "relion31.mrcs", "ctf/exp_group_id": 0})
     assert len(by_file) == 5
+
+
+def test_cs_to_star_to_dataset_keeps_2d_alignments(real: Path, tmp_path: Path) -> None:
+    """22 particles from a 2D classification: psi, shifts (px) and classes come back."""
+    particles = load_cs(real / "cryodrgn-testdata/cryosparc_J2_particles_exported.cs")
+    save_star(particles, tmp_path / "p.star")
+    back = dataset_from_star(tmp_path / "p.star")
+    np.testing.assert_array_equal(back["alignments2D/pose"], particles["alignments2D/pose"])
+    np.testing.assert_array_equal(back["alignments2D/shift"], particles["alignments2D/shift"])
+    np.testing.assert_array_equal(back["alignments2D/class"], particles["alignments2D/class"])
+    table = read_star(tmp_path / "p.star")["particles"]
+    assert isinstance(table, pd.DataFrame)
+    np.testing.assert_allclose(  # 0 and 12 px at 1.345 A/px for the first particle
+        table[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()[0], [0.0, 12 * 1.345], atol=1e-5
+    )
+
+
+def test_movie_lists_round_trip(tmp_path: Path) -> None:
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnVoltage": [200.0],
+            "rlnSphericalAberration": [1.4],
+            "rlnAmplitudeContrast": [0.1],
+            "rlnMicrographOriginalPixelSize": [0.885],
+        }
+    )
+    movies = pd.DataFrame(
+        {"rlnMicrographMovieName": ["Movies/a.tiff", "Movies/b.tiff"], "rlnOpticsGroup": [1, 1]}
+    )
+    starfile.write({"optics": optics, "movies": movies}, tmp_path / "movies.star")
+    dataset = dataset_from_star(tmp_path / "movies.star")
+    assert dataset.strings("movie_blob/path") == ["Movies/a.tiff", "Movies/b.tiff"]
+    save_star(dataset, tmp_path / "again.star")
+    written = read_star(tmp_path / "again.star")
+    assert list(written) == ["optics", "movies"]
+    assert_tables_match(optics, written["optics"])  # type: ignore[arg-type]
+    assert_tables_match(movies, written["movies"])  # type: ignore[arg-type]
