@@ -196,3 +196,4 @@ def test_writes_are_atomic(tmp_path: Path) -> None:
         save_cs("not a dataset", target)  # type: ignore[arg-type]
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["particles.cs"]  # no temporaries
+    assert target.stat().st_mode & 0o777 == 0o644  # readable by the other pods of the project

@@ -10,15 +10,14 @@ otherwise refused with a clear error.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from cryokube.processing.datasets.dataset import Dataset
+from cryokube.processing.io._atomic import atomic_path
 from numpy.lib import recfunctions
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -32,29 +31,6 @@ class DatasetFileError(ValueError):
         super().__init__(f"{os.fspath(path)}: {reason}")
         self.path = os.fspath(path)
         self.reason = reason
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Open a temporary file beside ``path`` and rename it onto ``path`` on success.
-
-    Readers see either the old file or the complete new one, never a partial write. The
-    temporary file is removed when the body raises.
-    """
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"{target.parent}: folder for {target.name} does not exist")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
 
 
 def _filter_fields(
@@ -158,5 +134,5 @@ def save_cs(dataset: Dataset, path: str | os.PathLike[str]) -> None:
     if not isinstance(dataset, Dataset):
         raise TypeError("dataset must be a Dataset")
     data = np.ascontiguousarray(dataset.data)
-    with atomic_output(path) as stream:
+    with atomic_path(path) as temporary, temporary.open("wb") as stream:
         np.save(stream, data, allow_pickle=False)

@@ -205,7 +205,7 @@ class Dataset:
         column: np.ndarray = self._data[field]
         return column
 
-    def get(self, field: str, default: np.ndarray | None = None) -> np.ndarray | None:
+    def get(self, field: str, *, default: np.ndarray | None = None) -> np.ndarray | None:
         """The column ``field``, or ``default`` when the dataset has no such field."""
         return self[field] if field in self.fields else default
 

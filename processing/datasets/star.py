@@ -61,9 +61,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import starfile
-from cryokube.processing.datasets.cs import DatasetFileError, atomic_output
+from cryokube.processing.datasets.cs import DatasetFileError
 from cryokube.processing.datasets.dataset import Dataset
 from cryokube.processing.geometry import axis_angle_to_euler, euler_to_axis_angle
+from cryokube.processing.io._atomic import atomic_path
 
 PASSTHROUGH = "relion/"
 """Prefix of dataset fields that carry item-table STAR columns with no cryoSPARC equivalent."""
@@ -568,5 +569,5 @@ def save_star(
         raise TypeError("dataset must be a Dataset")
     blocks = star_blocks_from_dataset(dataset, style=style, image_index_digits=image_index_digits)
     text = starfile.to_string(blocks)
-    with atomic_output(path) as stream:
-        stream.write(text.encode("utf-8"))
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
