@@ -197,3 +197,14 @@ def test_writes_are_atomic(tmp_path: Path) -> None:
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["particles.cs"]  # no temporaries
     assert target.stat().st_mode & 0o777 == 0o644  # readable by the other pods of the project
+
+
+def test_unicode_string_columns_read(tmp_path: Path) -> None:
+    """Some writers store strings as numpy unicode ('U') instead of bytes ('S')."""
+    rows = np.zeros(2, dtype=[("uid", "<u8"), ("blob/path", "<U12")])
+    rows["uid"] = [1, 2]
+    rows["blob/path"] = ["a.mrcs", "b/ü.mrcs"]
+    np.save(tmp_path / "u.npy", rows)
+    (tmp_path / "u.npy").rename(tmp_path / "u.cs")
+    assert load_cs(tmp_path / "u.cs").strings("blob/path") == ["a.mrcs", "b/ü.mrcs"]
+    assert Dataset.from_columns({"blob/path": ["b/ü.mrcs"]}).strings("blob/path") == ["b/ü.mrcs"]

@@ -225,10 +225,12 @@ class Dataset:
         return f"Dataset({len(self)} items, fields={list(self.fields)})"
 
     def strings(self, field: str) -> list[str]:
-        """Decode a bytes column to Python strings (UTF-8), shape ``(n_items,)``."""
+        """A string column as Python strings (bytes decoded as UTF-8), ``n_items`` long."""
         column = self[field]
-        if column.dtype.kind != "S" or column.ndim != 1:
+        if column.dtype.kind not in "SU" or column.ndim != 1:
             raise TypeError(f"field {field!r} is not a string column (dtype {column.dtype})")
+        if column.dtype.kind == "U":  # a .cs file written with numpy unicode strings
+            return [str(item) for item in column.tolist()]
         return [item.decode("utf-8") for item in column.tolist()]
 
     def take(self, indices: npt.ArrayLike) -> Dataset:
