@@ -241,21 +241,17 @@ def extract_slices(
     rot = xp.asarray(rot)
     n = fvol.box_size
     half = n // 2 + 1
-    per_view = n * half
     ky, kx = fft_freqs((n, n), xp=xp)
-    limit = np.sqrt(0.5) if max_frequency is None else max_frequency
-    inside = ((kx * kx + ky * ky) <= limit**2).reshape(-1)
-    out = xp.zeros((rot.shape[0], n, half), dtype=fvol.spectrum.dtype)
-    out_flat = out.reshape(rot.shape[0], -1)
-    step = max(1, _CHUNK_SAMPLES // per_view)
+    in_disc = (kx * kx + ky * ky) <= (max_frequency or 0.0) ** 2
+    out = xp.empty((rot.shape[0], n, half), dtype=fvol.spectrum.dtype)
+    step = max(1, _CHUNK_SAMPLES // (n * half))
     for start in range(0, rot.shape[0], step):
         chunk = rot[start : start + step]
-        freqs = central_slice_frequencies(chunk, n).reshape(chunk.shape[0], per_view, 3)
-        values = _interpolate(fvol, freqs[:, inside].reshape(-1, 3))
-        if max_frequency is None:
-            in_cube = xp.all(xp.abs(freqs[:, inside]) <= 0.5, axis=-1).reshape(-1)
-            values = xp.where(in_cube, values, 0)
-        out_flat[start : start + chunk.shape[0], inside] = values.reshape(chunk.shape[0], -1)
+        freqs = central_slice_frequencies(chunk, n)
+        values = _interpolate(fvol, freqs.reshape(-1, 3)).reshape(chunk.shape[0], n, half)
+        # masks rather than boolean gathers: one code path for numpy and CuPy
+        keep = xp.all(xp.abs(freqs) <= 0.5, axis=-1) if max_frequency is None else in_disc
+        out[start : start + chunk.shape[0]] = xp.where(keep, values, 0)
     out *= _centring_ramp(n, xp).astype(out.dtype)
     return out[0] if single else out
 
