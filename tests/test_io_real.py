@@ -48,6 +48,7 @@ def test_emd_3197_header_and_values(shared_data: Path) -> None:
     assert info.start_px == (-2, 0, 0)
     assert "EMD-3197" in info.labels[0]
     assert isinstance(data, np.memmap)  # plain files are mapped, not copied
+    assert not data.flags.writeable  # and mapped read-only: the input cannot be damaged
     _assert_header_stats(data, info)
 
 
