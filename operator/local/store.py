@@ -8,6 +8,9 @@ assigned once, as the API server does.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
 import os
 import uuid
@@ -65,6 +68,13 @@ class ResourceStore:
         self.root = Path(state_dir) / "resources"
         self.root.mkdir(parents=True, exist_ok=True)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise read-modify-write cycles of the CLI and a running ``cryokube up``."""
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            yield
+
     def _path(self, kind: str, namespace: str, name: str) -> Path:
         return self.root / namespace / kind.lower() / f"{name}.json"
 
@@ -101,7 +111,18 @@ class ResourceStore:
                 f"{source}: {body['kind']} {body['metadata'].get('name')}: {exc}"
             ) from None
         meta = model.metadata
-        old = self.get(body["kind"], meta.namespace, meta.name)
+        with self.locked():
+            return self._apply(body, meta.namespace, meta.name, model, source)
+
+    def _apply(
+        self,
+        body: dict[str, Any],
+        namespace: str,
+        name: str,
+        model: ProjectResource | JobResource,
+        source: str,
+    ) -> dict[str, Any]:
+        old = self.get(body["kind"], namespace, name)
         spec = model.model_dump(by_alias=True, exclude_none=True, mode="json")["spec"]
         path = spec.get("storage", {}).get("path")
         if path is not None and not Path(path).is_absolute():
@@ -112,7 +133,12 @@ class ResourceStore:
             stored = {
                 "apiVersion": API_VERSION,
                 "kind": body["kind"],
-                "metadata": {**body["metadata"], "uid": str(uuid.uuid4()), "generation": 1},
+                "metadata": {
+                    **body["metadata"],
+                    "uid": str(uuid.uuid4()),
+                    "generation": 1,
+                    "creationTimestamp": dt.datetime.now(dt.UTC).isoformat(),
+                },
                 "spec": spec,
                 "status": {},
             }
@@ -120,20 +146,22 @@ class ResourceStore:
             stored = {**old, "spec": spec}
             if old["spec"] != spec:
                 stored["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-        self._write(self._path(body["kind"], meta.namespace, meta.name), stored)
+        self._write(self._path(body["kind"], namespace, name), stored)
         return stored
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        body = self.get(kind, namespace, name)
-        if body is None:
-            return
-        body["status"] = status
-        self._write(self._path(kind, namespace, name), body)
+        with self.locked():
+            body = self.get(kind, namespace, name)
+            if body is None:
+                return
+            body["status"] = status
+            self._write(self._path(kind, namespace, name), body)
 
     def patch_spec(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None:
-        body = self.get(kind, namespace, name)
-        if body is None:
-            raise ManifestError(f"{kind} {namespace}/{name} not found")
-        body["spec"] = {**body["spec"], **changes}
-        body["metadata"]["generation"] = body["metadata"].get("generation", 1) + 1
-        self._write(self._path(kind, namespace, name), body)
+        with self.locked():
+            body = self.get(kind, namespace, name)
+            if body is None:
+                raise ManifestError(f"{kind} {namespace}/{name} not found")
+            body["spec"] = {**body["spec"], **changes}
+            body["metadata"]["generation"] = body["metadata"].get("generation", 1) + 1
+            self._write(self._path(kind, namespace, name), body)

@@ -137,6 +137,8 @@ class Reporter:
 
     # -- convenience ---------------------------------------------------------------------
     def log(self, message: str, *, level: str = "info") -> int:
+        """Spool a log line; it also goes to stderr, so ``kubectl logs`` shows it."""
+        log.log(logging.getLevelName(level.upper()), "%s", message)
         return self.report("events", {"kind": "log", "level": level, "message": message})
 
     def progress(self, fraction: float, message: str = "") -> int:

@@ -79,18 +79,6 @@ def resolve_inputs(settings: WorkerSettings, storage: Storage) -> dict[str, list
     resolved: dict[str, list[ResolvedInput]] = {}
     for index, ref in enumerate(settings.inputs):
         where = f"inputs[{index}] ({ref.job}/{ref.output})"
-        if ref.slot is not None:
-            slot = job_type.input_slot(ref.slot)
-        else:
-            candidates = [s for s in job_type.inputs if s.name == ref.output] or list(
-                job_type.inputs
-            )
-            if len(candidates) != 1:
-                raise JobInputError(
-                    f"{where}: job type {job_type.name!r} has several input slots "
-                    f"({', '.join(s.name for s in job_type.inputs)}); name one with 'slot'"
-                )
-            slot = candidates[0]
         manifest = read_manifest(storage, f"{ref.job}/{MANIFEST_NAME}")
         if manifest is None:
             raise JobInputError(f"{where}: job {ref.job!r} has not finished (no {MANIFEST_NAME})")
@@ -98,6 +86,20 @@ def resolve_inputs(settings: WorkerSettings, storage: Storage) -> dict[str, list
             known = ", ".join(manifest.outputs) or "none"
             raise JobInputError(f"{where}: job {ref.job!r} has no output {ref.output!r} ({known})")
         kind = manifest.outputs[ref.output].kind
+        if ref.slot is not None:
+            slot = job_type.input_slot(ref.slot)
+        else:
+            # The slot is the one that takes this kind of data (as the operator's gate checks).
+            candidates = [s for s in job_type.inputs if s.kind == kind] or list(job_type.inputs)
+            if len(candidates) > 1:
+                candidates = [s for s in candidates if s.name == ref.output] or candidates
+            if len(candidates) != 1:
+                names = ", ".join(s.name for s in candidates) or "none"
+                raise JobInputError(
+                    f"{where}: job type {job_type.name!r} has no single input slot for "
+                    f"{kind.value} ({names}); name one with 'slot'"
+                )
+            slot = candidates[0]
         if kind != slot.kind:
             raise JobInputError(
                 f"{where}: output is {kind.value} but slot {slot.name!r} takes {slot.kind.value}"
