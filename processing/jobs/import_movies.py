@@ -53,7 +53,7 @@ def _folder_of(pattern: str) -> str:
 
 def run(ctx: JobContext) -> None:
     """Find the movies, read their headers, and write the ``movies`` dataset."""
-    from cryokube.processing.datasets import Dataset, save_cs
+    from cryokube.processing.datasets import Dataset
     from cryokube.processing.io.movies import read_movie_info
 
     p = cast(Params, ctx.params)
@@ -93,9 +93,7 @@ def run(ctx: JobContext) -> None:
         },
         uid=ctx.stable_uids(keys),
     )
-    local = ctx.scratch_path("movies.cs")
-    save_cs(dataset, local)
-    entry = ctx.publish(local, "movies.cs")
+    entry = ctx.save_dataset(dataset, "movies.cs")
     ctx.add_output(
         "movies",
         dataset=entry,

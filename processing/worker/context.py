@@ -14,13 +14,16 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryokube.processing.jobs import DataKind, JobParams, JobType
 from cryokube.processing.jobs.base import JobInputError
 from cryokube.processing.storage import Storage, confine_key
 from cryokube.processing.worker.manifest import FileEntry, GroupEntry, JobManifest
 from cryokube.processing.worker.reporter import Reporter
+
+if TYPE_CHECKING:
+    from cryokube.processing.datasets import Dataset
 
 T = TypeVar("T")
 
@@ -89,6 +92,27 @@ class JobContext:
     def input(self, slot: str) -> list[ResolvedInput]:
         """The upstream outputs connected to ``slot`` (validated to exist)."""
         return self.inputs.get(slot, [])
+
+    def load_dataset(self, slot: str) -> Dataset:
+        """The dataset connected to ``slot``: every upstream part, concatenated in order."""
+        from cryokube.processing.datasets import concatenate, load_cs
+
+        parts = []
+        for resolved in self.input(slot):
+            for key in resolved.group.datasets:
+                with self.open_input(key) as path:
+                    parts.append(load_cs(path))
+        if not parts:
+            raise JobInputError(f"input slot {slot!r} has no dataset")
+        return parts[0] if len(parts) == 1 else concatenate(parts)
+
+    def save_dataset(self, dataset: Dataset, relative: str) -> FileEntry:
+        """Write ``dataset`` as ``<job>/<relative>`` (.cs) and return its file entry."""
+        from cryokube.processing.datasets import save_cs
+
+        local = self.scratch_path(relative)
+        save_cs(dataset, local)
+        return self.publish(local, relative)
 
     @contextlib.contextmanager
     def open_input(self, key: str) -> Iterator[Path]:
