@@ -41,7 +41,7 @@ def test_posix_round_trip_and_listing(tmp_path: Path) -> None:
     local = tmp_path / "local.bin"
     local.write_bytes(b"x" * 1000)
     store.put_file(local, "motion/sub/b.bin")
-    (tmp_path / "motion" / ".cryokube-tmp-123-c.bin").write_bytes(b"partial")
+    (tmp_path / "motion" / ".c.bin.x1y2.tmp").write_bytes(b"partial")
     assert store.list("motion") == ["motion/a.bin", "motion/sub/b.bin"]
     assert store.read_bytes("motion/a.bin") == b"abc"
     with store.local_copy("motion/sub/b.bin") as path:

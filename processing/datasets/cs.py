@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from cryokube.processing.datasets.dataset import Dataset
-from cryokube.processing.io._atomic import atomic_path
+from cryokube.processing.io.atomic import atomic_path
 from numpy.lib import recfunctions
 
 NPY_MAGIC = b"\x93NUMPY"

@@ -64,7 +64,7 @@ import starfile
 from cryokube.processing.datasets.cs import DatasetFileError
 from cryokube.processing.datasets.dataset import Dataset
 from cryokube.processing.geometry import axis_angle_to_euler, euler_to_axis_angle
-from cryokube.processing.io._atomic import atomic_path
+from cryokube.processing.io.atomic import atomic_path
 
 PASSTHROUGH = "relion/"
 """Prefix of dataset fields that carry item-table STAR columns with no cryoSPARC equivalent."""

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tifffile
-from cryokube.processing.io._atomic import atomic_path
+from cryokube.processing.io.atomic import atomic_path
 from cryokube.processing.io.errors import (
     InputFileError,
     TruncatedFileError,

@@ -33,7 +33,7 @@ from typing import IO, Any, Literal, Self, cast
 import mrcfile
 import numpy as np
 import numpy.typing as npt
-from cryokube.processing.io._atomic import atomic_path
+from cryokube.processing.io.atomic import atomic_path
 from cryokube.processing.io.errors import (
     InputFileError,
     TruncatedFileError,

@@ -4,40 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
+import shutil
 from pathlib import Path
 
+from cryokube.processing.io.atomic import atomic_path, is_temporary
 from cryokube.processing.storage.base import StorageError, as_context
 from cryokube.processing.storage.paths import confine_path
-
-TEMP_MARKER = ".cryokube-tmp-"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{path.name}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` (kernel-side copy where available), published by a rename."""
-    import shutil
-
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{dst.name}")
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class PosixStorage:
@@ -66,7 +52,7 @@ class PosixStorage:
         keys = []
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if not name.startswith(TEMP_MARKER):
+                if not is_temporary(name):
                     keys.append(Path(dirpath, name).relative_to(root).as_posix())
         return sorted(keys)
 

@@ -8,6 +8,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_SUFFIX = ".tmp"
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a file :func:`atomic_path` has not published yet."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -19,7 +26,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     exception the temporary file is removed and ``path`` is left untouched.
     """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
