@@ -1,4 +1,4 @@
-"""Forward projection (Fourier slice) and the simulator's particle stacks.
+"""The truth-generating layer: forward projection and the simulator (``make bench -k sim``).
 
 - ``projection/fourier_slice``: views per second projecting a 128^3 phantom. The roofline is
   the one unavoidable step per view, an inverse ``rfft2`` of 128 x 128 at the measured
@@ -10,6 +10,10 @@
   Its projections are compared with ours under the convention ``ASPIRE rotation = A.T``
   stated in ``docs/conventions.md``.
 - ``simulate/particles``: particle images per second (projection, CTF, shift, noise).
+- ``simulate/movie``: counting frames per second, 2048^2 at 1 e/A^2 per frame, with and
+  without local drift. Roofline: one memory pass over the frame's expected counts (float64
+  rates, written and read once) and its counts at ``memory_bandwidth_GBps``, far below what
+  Poisson sampling costs; the ratio says how far generation is from a streaming copy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from pathlib import Path
 import numpy as np
 from cryokube.processing.algorithms.projection import project
 from cryokube.processing.geometry import euler_to_matrix
-from cryokube.processing.simulate import phantom_volume, random_euler_angles, simulate_particles
+from cryokube.processing.simulate import (
+    phantom_volume,
+    random_euler_angles,
+    simulate_movie,
+    simulate_particles,
+)
 from harness import Record, benchmark, best_time_s, peak_traced_MB, run_process
 from limits import rfft2_flops
 
@@ -86,7 +95,7 @@ def _analytic_projections(phantom_positions_A: np.ndarray, weights: np.ndarray, 
     return out
 
 
-@benchmark("projection_fourier_slice")
+@benchmark("sim_projection")
 def fourier_slice(machine: dict[str, float]) -> list[Record]:
     phantom = phantom_volume(BOX, PIXEL_SIZE_A, seed=0)
     rotations = np.asarray(euler_to_matrix(random_euler_angles(N_VIEWS, seed=1)))
@@ -137,7 +146,7 @@ def fourier_slice(machine: dict[str, float]) -> list[Record]:
     return [record]
 
 
-@benchmark("projection_simulated_particles")
+@benchmark("sim_particles")
 def particles(machine: dict[str, float]) -> list[Record]:
     phantom = phantom_volume(BOX, PIXEL_SIZE_A, seed=0)
     n = 512
@@ -156,3 +165,31 @@ def particles(machine: dict[str, float]) -> list[Record]:
             ),
         )
     ]
+
+
+@benchmark("sim_movie")
+def movie(machine: dict[str, float]) -> list[Record]:
+    shape = (2048, 2048)
+    n_frames = 8
+    # rates written and read (float64), counts written (uint16): a streaming lower bound
+    bytes_per_frame = shape[0] * shape[1] * (2 * 8 + 2)
+    limit_s = n_frames * bytes_per_frame / (machine["memory_bandwidth_GBps"] * 1e9)
+    records = []
+    for local in (0.0, 1.0):
+
+        def run(local: float = local) -> object:
+            return simulate_movie(shape=shape, n_frames=n_frames, local_drift_px=local, seed=3)
+
+        t = best_time_s(run, repeat=2)
+        records.append(
+            Record(
+                f"simulate/movie_{shape[0]}px_{'local' if local else 'global'}_drift",
+                n_frames / t,
+                "frames/s",
+                ratio_to_limit=t / limit_s,
+                limit="one streaming pass of rates and counts at memory_bandwidth_GBps",
+                peak_memory_MB=peak_traced_MB(run),
+                notes="1 e/A^2 per frame at 1 A/px, Poisson counts, gain and hot pixels",
+            )
+        )
+    return records
