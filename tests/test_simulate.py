@@ -107,6 +107,18 @@ def test_particle_snr_ctf_and_determinism(phantom: sim.Phantom) -> None:
     np.testing.assert_array_equal(again.images, stack.images)
 
 
+def test_particles_from_a_real_emdb_map(shared_data: Path) -> None:
+    """Any MRC map can stand in for the phantom: EMD-3197 (20^3 voxels of 11.4 A)."""
+    volume, info = read_mrc(shared_data / "real" / "mrcfile-testdata" / "EMD-3197.map", mmap=False)
+    pixel_size_A = info.voxel_size_A[0]
+    stack = sim.simulate_particles(volume, pixel_size_A, 16, snr=0.5, keep_clean=True, seed=9)
+    assert stack.images.shape == (16, 20, 20)
+    assert stack.truth.pixel_size_A == pytest.approx(11.4)
+    assert stack.clean is not None
+    measured = np.mean(np.var(stack.clean, axis=(-2, -1))) / np.var(stack.images - stack.clean)
+    assert measured == pytest.approx(0.5, rel=0.1)
+
+
 def test_micrograph_particles_at_truth_positions(phantom: sim.Phantom) -> None:
     mic = sim.simulate_micrograph(
         phantom.volume, 2.5, shape=(320, 384), n_particles=8, snr=0.1, keep_clean=True, seed=5
