@@ -77,8 +77,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _follow_events(app: web.Application) -> None:
     """Feed the hub from the events change feed; reopen with backoff when the store fails."""
     repos, settings = app[REPOS], app[SETTINGS]
+    stop = app[SHUTDOWN]
     delay_s = settings.poll_interval_s
-    while True:
+    while not stop.is_set():
         try:
             feed = await open_change_feed(
                 repos.store,
@@ -86,23 +87,29 @@ async def _follow_events(app: web.Application) -> None:
                 order_field="time_ms",
                 poll_interval_s=settings.poll_interval_s,
             )
-            await app[HUB].run(feed, repos.feed_state)
+            await app[HUB].run(feed, repos.feed_state, stop=stop)
         except (MetadataError, OSError):
             log.warning("event change feed stopped; reopening in %.1f s", delay_s, exc_info=True)
-        await asyncio.sleep(delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay_s)
         delay_s = min(2 * delay_s, 30.0)
 
 
 async def _feed_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the change-feed task; cancel and await it at teardown."""
+    """Run the change-feed task; at teardown ask it to stop, cancel it only if it lingers."""
     task = asyncio.create_task(_follow_events(app), name="metadata-event-feed")
     try:
         yield
     finally:
         app[SHUTDOWN].set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        grace_s = (
+            2 * app[SETTINGS].poll_interval_s + 2 * app[SETTINGS].server_selection_timeout_ms / 1000
+        )
+        done, _ = await asyncio.wait({task}, timeout=grace_s)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -85,6 +85,11 @@ class ProjectCreate(Request):
     groups: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=100
     )
+    storage_root: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The project's storage root (an absolute path), where the console reads outputs.",
+    )
 
 
 class Project(Response):
@@ -95,6 +100,7 @@ class Project(Response):
     members: list[str]
     groups: list[str]
     created_at: datetime
+    storage_root: str | None = None
 
 
 # Jobs ---------------------------------------------------------------------------------------
@@ -108,6 +114,13 @@ class Resources(Request):
     memory_MiB: int = Field(default=1024, ge=1, le=16 * 1024 * 1024)
 
 
+class JobInput(Request):
+    """An edge of the job graph: output group ``output`` of job ``job`` (a name) is an input."""
+
+    job: Name
+    output: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")
+
+
 class JobCreate(Request):
     """Registration of a job by the operator (or the local runner)."""
 
@@ -118,6 +131,7 @@ class JobCreate(Request):
     lane: str = Field(default="default", min_length=1, max_length=63)
     resources: Resources = Field(default_factory=Resources)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[JobInput] = Field(default_factory=list, max_length=100)
 
 
 class JobUpdate(Request):
@@ -140,6 +154,7 @@ class Job(Response):
     lane: str
     resources: Resources
     parameters: dict[str, Any]
+    inputs: list[JobInput] = Field(default_factory=list)
     status: JobStatus
     status_times: dict[JobStatus, datetime]
     queue_reason: str | None

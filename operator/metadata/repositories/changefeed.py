@@ -10,6 +10,7 @@ on whole databases), which is all this module uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,26 +33,53 @@ class Change:
 class ChangeFeed(Protocol):
     """A stream of inserts and updates of one collection."""
 
-    def changes(self, resume_token: str | None) -> AsyncIterator[Change]:
-        """Changes after ``resume_token`` (from now when None), forever."""
+    def changes(self, resume_token: str | None, *, stop: asyncio.Event) -> AsyncIterator[Change]:
+        """Changes after ``resume_token`` (from now when None), until ``stop`` is set."""
         ...
 
 
-class ChangeStreamFeed:
-    """A MongoDB change stream on one collection (``fullDocument: updateLookup``)."""
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``stop`` is set, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
-    def __init__(self, store: Store, collection: str) -> None:
+
+class ChangeStreamFeed:
+    """A MongoDB change stream on one collection (``fullDocument: updateLookup``).
+
+    The stream is read with ``try_next`` and a short server-side wait so that the loop checks
+    ``stop`` often: a stream stopped by cancelling a pending ``getMore`` can leave the connection
+    waiting on nx-27017 forever, so shutdown is cooperative instead.
+    """
+
+    def __init__(self, store: Store, collection: str, *, interval_s: float) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
         self._store = store
         self._col = store.collection(collection)
+        self._interval_s = interval_s
 
-    async def changes(self, resume_token: str | None) -> AsyncIterator[Change]:
+    async def changes(
+        self, resume_token: str | None, *, stop: asyncio.Event
+    ) -> AsyncIterator[Change]:
         """Changes after ``resume_token``; the token is the stream's own resume token as JSON."""
         resume = None if resume_token is None else json.loads(resume_token)
         pipeline = [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
-        async with await self._col.watch(
-            pipeline, full_document="updateLookup", resume_after=resume
-        ) as stream:
-            async for event in stream:
+        wait_ms = max(1, int(self._interval_s * 1000))
+        stream = await self._store.run(
+            lambda: self._col.watch(
+                pipeline,
+                full_document="updateLookup",
+                resume_after=resume,
+                max_await_time_ms=wait_ms,
+            )
+        )
+        try:
+            while not stop.is_set():
+                event = await self._store.run(stream.try_next)
+                if event is None:
+                    await _pause(stop, self._interval_s)
+                    continue
                 document = event.get("fullDocument")
                 if document is None:
                     continue
@@ -60,6 +88,8 @@ class ChangeStreamFeed:
                     document=document,
                     token=json.dumps(event["_id"], sort_keys=True),
                 )
+        finally:
+            await stream.close()
 
 
 class PollingFeed:
@@ -94,14 +124,16 @@ class PollingFeed:
         doc = await self._store.run(last)
         return (-1, "") if doc is None else (int(doc[self._field]), str(doc["_id"]))
 
-    async def changes(self, resume_token: str | None) -> AsyncIterator[Change]:
+    async def changes(
+        self, resume_token: str | None, *, stop: asyncio.Event
+    ) -> AsyncIterator[Change]:
         """Documents after ``resume_token`` (from now when None), polled every interval."""
         if resume_token is None:
             value, last_id = await self._latest()
         else:
             raw_value, _, last_id = resume_token.partition(":")
             value = int(raw_value)
-        while True:
+        while not stop.is_set():
             query: dict[str, Any] = {
                 "$or": [
                     {self._field: {"$gt": value}},
@@ -118,7 +150,7 @@ class PollingFeed:
                 value, last_id = int(doc[self._field]), str(doc["_id"])
                 yield Change(document_id=last_id, document=doc, token=f"{value}:{last_id}")
             if len(docs) < self._batch:
-                await asyncio.sleep(self._interval_s)
+                await _pause(stop, self._interval_s)
 
 
 async def open_change_feed(
@@ -130,7 +162,7 @@ async def open_change_feed(
     except OperationFailure:
         return PollingFeed(store, collection, order_field=order_field, interval_s=poll_interval_s)
     await stream.close()
-    return ChangeStreamFeed(store, collection)
+    return ChangeStreamFeed(store, collection, interval_s=poll_interval_s)
 
 
 class FeedStateRepository:

@@ -11,7 +11,7 @@ from ..errors import Conflict
 from ..models import Job, JobCreate, JobStatus
 from .base import Document, Index, Store, from_ms, now_ms
 
-_FIELDS = dict.fromkeys(("_id", "name", "project", "job_type", "lane", "resources", "parameters", "status", "status_times_ms", "queue_reason", "node", "attempts", "message", "heartbeat_at_ms", "progress", "progress_message", "progress_seq", "created_at_ms", "updated_at_ms"), 1)  # fmt: skip
+_FIELDS = dict.fromkeys(("_id", "name", "project", "job_type", "lane", "resources", "parameters", "inputs", "status", "status_times_ms", "queue_reason", "node", "attempts", "message", "heartbeat_at_ms", "progress", "progress_message", "progress_seq", "created_at_ms", "updated_at_ms"), 1)  # fmt: skip
 
 
 def _job(doc: Document) -> Job:
@@ -23,6 +23,7 @@ def _job(doc: Document) -> Job:
         lane=doc["lane"],
         resources=doc["resources"],
         parameters=doc["parameters"],
+        inputs=doc.get("inputs", []),
         status=doc["status"],
         status_times={k: from_ms(v) for k, v in doc["status_times_ms"].items()},
         queue_reason=doc.get("queue_reason"),
@@ -69,6 +70,7 @@ class JobRepository:
             "lane": job.lane,
             "resources": job.resources.model_dump(),
             "parameters": job.parameters,
+            "inputs": [i.model_dump() for i in job.inputs],
             "status": JobStatus.QUEUED.value,
             "status_times_ms": {JobStatus.QUEUED.value: stamp},
             "queue_reason": None,

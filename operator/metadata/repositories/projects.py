@@ -10,7 +10,14 @@ from ..errors import Conflict
 from ..models import Project, ProjectCreate
 from .base import Document, Index, Store, from_ms, now_ms
 
-_FIELDS = {"_id": 1, "display_name": 1, "members": 1, "groups": 1, "created_at_ms": 1}
+_FIELDS = {
+    "_id": 1,
+    "display_name": 1,
+    "members": 1,
+    "groups": 1,
+    "created_at_ms": 1,
+    "storage_root": 1,
+}
 
 
 def _project(doc: Document) -> Project:
@@ -20,6 +27,7 @@ def _project(doc: Document) -> Project:
         members=list(doc["members"]),
         groups=list(doc["groups"]),
         created_at=from_ms(doc["created_at_ms"]),
+        storage_root=doc.get("storage_root"),
     )
 
 
@@ -49,6 +57,7 @@ class ProjectRepository:
             "display_name": project.display_name,
             "members": sorted(set(project.members)),
             "groups": sorted(set(project.groups)),
+            "storage_root": project.storage_root,
             "created_at_ms": now_ms(),
         }
         try:
@@ -59,7 +68,8 @@ class ProjectRepository:
                 existing.display_name,
                 existing.members,
                 existing.groups,
-            ) == (doc["display_name"], doc["members"], doc["groups"])
+                existing.storage_root,
+            ) == (doc["display_name"], doc["members"], doc["groups"], doc["storage_root"])
             if existing is None or not same:
                 raise Conflict(f"project {project.name!r} exists with other settings") from None
             return existing, False

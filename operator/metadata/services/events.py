@@ -14,7 +14,9 @@ from ..repositories.changefeed import ChangeFeed, FeedStateRepository
 
 FEED_NAME = "events"
 SAVE_EVERY = 100
-"""Persist the resume token every this many changes (and at shutdown)."""
+"""Persist the resume token every this many changes. Not at shutdown: a cancelled task must not
+wait on MongoDB, and subscribers re-read events by ``seq``, so a replayed change only costs a
+spurious wake-up."""
 
 
 class EventHub:
@@ -42,17 +44,14 @@ class EventHub:
         for flag in self._waiters.get(job, ()):
             flag.set()
 
-    async def run(self, feed: ChangeFeed, state: FeedStateRepository) -> None:
-        """Follow ``feed`` forever from the persisted token, waking subscribers per change."""
+    async def run(
+        self, feed: ChangeFeed, state: FeedStateRepository, *, stop: asyncio.Event
+    ) -> None:
+        """Follow ``feed`` from the persisted token until ``stop``, waking subscribers."""
         token = await state.load(FEED_NAME)
         seen = 0
-        try:
-            async for change in feed.changes(token):
-                token = change.token
-                self.notify(str(change.document.get("job", "")))
-                seen += 1
-                if seen % SAVE_EVERY == 0:
-                    await state.save(FEED_NAME, token)
-        finally:
-            if token is not None:
-                await asyncio.shield(state.save(FEED_NAME, token))
+        async for change in feed.changes(token, stop=stop):
+            self.notify(str(change.document.get("job", "")))
+            seen += 1
+            if seen % SAVE_EVERY == 0:
+                await state.save(FEED_NAME, change.token)
