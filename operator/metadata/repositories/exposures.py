@@ -25,7 +25,7 @@ class ExposureRepository:
 
     collection: ClassVar[str] = "exposures"
     indexes: ClassVar[tuple[Index, ...]] = (
-        Index("project_name", [("project", 1), ("name", 1)], unique=True),
+        Index("project_name", [("project", 1), ("name", 1)]),
         Index("project_accepted", [("project", 1), ("accepted", 1)]),
     )
 
@@ -35,10 +35,17 @@ class ExposureRepository:
 
     async def upsert(self, *, project: str, job: str, exposure: ExposureIn) -> None:
         """Store the latest results for one exposure of ``project``."""
-        doc = {"project": project, "job": job, "updated_at_ms": now_ms(), **exposure.model_dump()}
-        await self._store.run(
-            lambda: self._col.replace_one({"_id": f"{project}/{exposure.name}"}, doc, upsert=True)
-        )
+        key = f"{project}/{exposure.name}"
+        # ``_id`` is repeated in the replacement: nx-27017 0.8 does not copy it from the filter
+        # on an upserting replace, and would insert a second document.
+        doc = {
+            "_id": key,
+            "project": project,
+            "job": job,
+            "updated_at_ms": now_ms(),
+            **exposure.model_dump(),
+        }
+        await self._store.run(lambda: self._col.replace_one({"_id": key}, doc, upsert=True))
 
     async def page(
         self, *, project: str, accepted: bool | None, offset: int, limit: int

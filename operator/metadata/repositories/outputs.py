@@ -106,6 +106,9 @@ class OutputRepository:
         """Outputs made from ``output_id`` (one step down the lineage)."""
 
         async def docs() -> list[Document]:
-            return await self._col.find({"parents": output_id}, _FIELDS).sort("_id", 1).to_list()
+            # ``$in`` rather than equality: nx-27017 0.8 indexes arrays as whole values, so an
+            # equality match on an indexed array field misses its elements.
+            query = {"parents": {"$in": [output_id]}}
+            return await self._col.find(query, _FIELDS).sort("_id", 1).to_list()
 
         return [_output(d) for d in await self._store.run(docs)]

@@ -92,7 +92,8 @@ class ProjectRepository:
         """
         query: dict[str, Any] = {}
         if user is not None:
-            query = {"$or": [{"members": user}, {"groups": {"$in": groups}}]}
+            # ``$in`` on the array fields: see OutputRepository.children for why not equality.
+            query = {"$or": [{"members": {"$in": [user]}}, {"groups": {"$in": groups}}]}
 
         async def page() -> list[Document]:
             cursor = self._col.find(query, _FIELDS).sort("_id", 1).skip(offset).limit(limit)
