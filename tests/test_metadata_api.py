@@ -99,9 +99,15 @@ async def test_event_replay_is_idempotent(api: Any) -> None:
     again = await api.post("/rpc/v1/jobs/uid-1/events", json={"seq": 7, "message": "a"}, headers=w)
     assert (first.status, await first.json()) == (201, {"created": True})
     assert (again.status, await again.json()) == (200, {"created": False})
-    older = await api.post("/rpc/v1/jobs/uid-1/progress", json={"seq": 5, "fraction": 0.9}, headers=w)
-    newer = await api.post("/rpc/v1/jobs/uid-1/progress", json={"seq": 9, "fraction": 0.2}, headers=w)
-    late = await api.post("/rpc/v1/jobs/uid-1/progress", json={"seq": 8, "fraction": 0.7}, headers=w)
+    older = await api.post(
+        "/rpc/v1/jobs/uid-1/progress", json={"seq": 5, "fraction": 0.9}, headers=w
+    )
+    newer = await api.post(
+        "/rpc/v1/jobs/uid-1/progress", json={"seq": 9, "fraction": 0.2}, headers=w
+    )
+    late = await api.post(
+        "/rpc/v1/jobs/uid-1/progress", json={"seq": 8, "fraction": 0.7}, headers=w
+    )
     assert [older.status, newer.status, late.status] == [201, 201, 201]
     job = await (await api.get("/api/v1/jobs/uid-1", headers=OPERATOR)).json()
     assert job["progress"] == 0.2
@@ -155,7 +161,9 @@ async def test_auth_proxy_headers_need_proof(api: Any) -> None:
     assert (resp.status, (await resp.json())["error"]) == (401, "Unauthenticated")
     no_user = {"X-Auth-Proxy-Secret": PROXY_SECRET}
     assert (await api.get("/api/v1/projects", headers=no_user)).status == 401
-    assert (await api.get("/api/v1/projects", headers={"Authorization": "Bearer nope"})).status == 401
+    assert (
+        await api.get("/api/v1/projects", headers={"Authorization": "Bearer nope"})
+    ).status == 401
     me = await (await api.get("/api/v1/me", headers=user("mia", "lab"))).json()
     assert me == {"name": "mia", "email": None, "groups": ["lab"], "role": "member"}
 
@@ -189,14 +197,18 @@ async def test_job_token_scope_and_expiry(api: Any) -> None:
     await _job(api, uid="b")
     await _job(api, uid="c", project="other")
     event = {"seq": 1, "message": "hi"}
-    assert (await api.post("/rpc/v1/jobs/b/events", json=event, headers=worker("apo", "a"))).status == 401
+    assert (
+        await api.post("/rpc/v1/jobs/b/events", json=event, headers=worker("apo", "a"))
+    ).status == 401
     resp = await api.post("/rpc/v1/jobs/c/events", json=event, headers=worker("apo", "c"))
     assert resp.status == 401
     expired = worker("apo", "a", ttl_s=60, now_s=time.time() - 120)
     resp = await api.post("/rpc/v1/jobs/a/events", json=event, headers=expired)
     assert (resp.status, (await resp.json())["message"]) == (401, "job token has expired")
     assert (await api.post("/rpc/v1/jobs/a/events", json=event, headers=user("mia"))).status == 401
-    assert (await api.post("/rpc/v1/jobs/a/events", json=event, headers=worker("apo", "a"))).status == 201
+    assert (
+        await api.post("/rpc/v1/jobs/a/events", json=event, headers=worker("apo", "a"))
+    ).status == 201
 
 
 async def test_api_token_authenticates_its_user(api: Any) -> None:
@@ -241,7 +253,10 @@ async def test_unauthenticated_endpoints_expose_no_project_data(api: Any) -> Non
     assert (await (await api.get("/healthz")).json()) == {"status": "ok"}
     assert (await (await api.get("/readyz")).json()) == {"status": "ok"}
     metrics = await (await api.get("/metrics")).text()
-    assert 'cryokube_metadata_requests_total{method="POST",route="create_project",status="201"}' in metrics
+    assert (
+        'cryokube_metadata_requests_total{method="POST",route="create_project",status="201"}'
+        in metrics
+    )
     assert "secret-project" not in metrics
     doc = await (await api.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.")

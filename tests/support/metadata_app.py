@@ -39,7 +39,11 @@ def make_settings(uri: str, database: str, **overrides: object) -> Settings:
 
 def user(name: str, *groups: str, email: str | None = None) -> dict[str, str]:
     """Headers the auth proxy would send for ``name`` in ``groups``."""
-    headers = {PROXY_SECRET_HEADER: PROXY_SECRET, USER_HEADER: name, GROUPS_HEADER: ",".join(groups)}
+    headers = {
+        PROXY_SECRET_HEADER: PROXY_SECRET,
+        USER_HEADER: name,
+        GROUPS_HEADER: ",".join(groups),
+    }
     if email is not None:
         headers[EMAIL_HEADER] = email
     return headers
@@ -53,7 +57,9 @@ def admin(name: str = "ada") -> dict[str, str]:
 OPERATOR = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 
 
-def worker(project: str, job: str, *, ttl_s: int = 600, now_s: float | None = None) -> dict[str, str]:
+def worker(
+    project: str, job: str, *, ttl_s: int = 600, now_s: float | None = None
+) -> dict[str, str]:
     """The Authorization header of a worker of ``job``."""
     token = mint_job_token(TOKEN_SECRET, project=project, job=job, ttl_s=ttl_s, now_s=now_s)
     return {"Authorization": f"Bearer {token}"}
