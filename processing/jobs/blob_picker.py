@@ -8,11 +8,16 @@ determination. Nat. Methods 14, 290-296 (2017). doi:10.1038/nmeth.4169
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import model_validator
 
+from ._picking import run_picker
 from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.algorithms.picking import Picks
+    from cryokube.processing.worker.context import JobContext
 
 
 class Params(JobParams):
@@ -43,6 +48,29 @@ class Params(JobParams):
         return self
 
 
+def run(ctx: JobContext) -> None:
+    """Pick each micrograph of this shard with Laplacian-of-Gaussian blobs of the diameters."""
+    from cryokube.processing.algorithms.picking import pick_blobs
+
+    p = cast(Params, ctx.params)
+    if p.use_elliptical:
+        ctx.log("use_elliptical is not supported yet: round blobs only", level="warning")
+    micrographs = ctx.load_dataset("micrographs")
+    psizes = micrographs["micrograph_blob/psize_A"]
+
+    def pick(image: Any, index: int) -> Picks:
+        return pick_blobs(
+            image,
+            pixel_size_A=float(psizes[index]),
+            diameter_range_A=(p.diameter_min_A, p.diameter_max_A),
+            lowpass_A=p.lowpass_res_A,
+            min_separation_A=p.min_separation * p.diameter_min_A,
+            max_picks=p.max_num_hits,
+        )
+
+    run_picker(ctx, micrographs, pick)
+
+
 JOB = JobType(
     name="blob_picker",
     title="Blob Picker",
@@ -52,4 +80,5 @@ JOB = JobType(
     outputs=(OutputGroup("particles", DataKind.PARTICLES, "Particle locations"),),
     uses_gpu=True,
     shardable=True,
+    run=run,
 )

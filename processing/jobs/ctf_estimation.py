@@ -8,11 +8,18 @@ micrographs. J. Struct. Biol. 192, 216-221 (2015). doi:10.1016/j.jsb.2015.08.008
 
 from __future__ import annotations
 
-from typing import Self
+import math
+from typing import TYPE_CHECKING, Any, Self, cast
 
+import numpy as np
 from pydantic import model_validator
 
-from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+from ._items import ItemResult, process_items, save_output, stem
+from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.datasets import Dataset
+    from cryokube.processing.worker.context import JobContext
 
 
 class Params(JobParams):
@@ -57,6 +64,113 @@ class Params(JobParams):
         return self
 
 
+def _fit_source(micrographs: Dataset) -> str:
+    """The micrograph column to fit: the sum without dose weighting when motion wrote one."""
+    plain = micrographs.get("micrograph_blob_non_dw/path")
+    if plain is not None and all(len(v) for v in plain):
+        return "micrograph_blob_non_dw"
+    if "micrograph_blob/path" not in micrographs:
+        raise JobInputError("inputs.micrographs: the dataset has no micrograph_blob/path field")
+    return "micrograph_blob"
+
+
+def _exposure_name(micrographs: Dataset, index: int) -> tuple[str, str]:
+    """The exposure's name and movie path as motion correction reported them."""
+    source = "movie_blob/path" if "movie_blob/path" in micrographs else "micrograph_blob/path"
+    path = micrographs.strings(source)[index]
+    return stem(path), path
+
+
+def run(ctx: JobContext) -> None:
+    """Fit defocus, astigmatism (and phase shift) to each micrograph of this shard."""
+    from cryokube.processing.algorithms.ctf_fit import estimate_ctf
+    from cryokube.processing.backend import to_device
+    from cryokube.processing.io.mrc import read_mrc
+
+    p = cast(Params, ctx.params)
+    micrographs = ctx.load_dataset("micrographs")
+    for field in ("micrograph_blob/psize_A", "mscope_params/accel_kv", "mscope_params/cs_mm"):
+        if field not in micrographs:
+            raise JobInputError(f"inputs.micrographs: the dataset has no {field} field")
+    source = _fit_source(micrographs)
+    paths = micrographs.strings(f"{source}/path")
+    psizes = micrographs["micrograph_blob/psize_A"]
+    for index, psize in enumerate(psizes):
+        if p.res_max_align < 2 * float(psize):
+            raise JobInputError(
+                f"params.res_max_align: {p.res_max_align} A is beyond Nyquist "
+                f"({2 * float(psize):.3g} A) of {paths[index]}"
+            )
+
+    def process(index: int) -> ItemResult:
+        with ctx.open_input(paths[index]) as local:
+            image, _ = read_mrc(local, mmap=False)
+        if image.ndim != 2:
+            raise JobInputError(f"{paths[index]}: a micrograph must be one 2D image")
+        box_px = min(p.box_size_pix, 2 * (min(image.shape) // 2))
+        if box_px < p.box_size_pix:
+            ctx.log(f"{paths[index]}: box_size_pix {p.box_size_pix} cut to the image, {box_px}")
+        accel_kv = float(micrographs["mscope_params/accel_kv"][index])
+        cs_mm = float(micrographs["mscope_params/cs_mm"][index])
+        fit = estimate_ctf(
+            to_device(image.astype(np.float32), ctx.device),
+            pixel_size_A=float(psizes[index]),
+            voltage_kV=accel_kv,
+            cs_mm=cs_mm,
+            amp_contrast=p.amp_contrast,
+            box_px=box_px,
+            resolution_band_A=(p.res_min_align, p.res_max_align),
+            defocus_range_A=(p.df_search_min, p.df_search_max),
+            fit_phase_shift=p.phase_shift,
+        )
+        name, movie_path = _exposure_name(micrographs, index)
+        ctx.reporter.report(
+            "exposures",
+            {
+                "name": name,
+                "movie_path": movie_path,
+                "defocus_u_A": fit.defocus_u_A,
+                "defocus_v_A": fit.defocus_v_A,
+                "astigmatism_angle_deg": fit.astig_angle_deg,
+                "ctf_fit_resolution_A": fit.fit_resolution_A,
+            },
+        )
+        group = micrographs.get("mscope_params/exp_group_id")
+        return ItemResult(
+            {
+                "ctf/exp_group_id": np.asarray([1 if group is None else group[index]], np.uint32),
+                "ctf/accel_kv": np.asarray([accel_kv], dtype=np.float32),
+                "ctf/cs_mm": np.asarray([cs_mm], dtype=np.float32),
+                "ctf/amp_contrast": np.asarray([p.amp_contrast], dtype=np.float32),
+                "ctf/df1_A": np.asarray([fit.defocus_u_A], dtype=np.float32),
+                "ctf/df2_A": np.asarray([fit.defocus_v_A], dtype=np.float32),
+                "ctf/df_angle_rad": np.asarray([math.radians(fit.astig_angle_deg)], np.float32),
+                "ctf/phase_shift_rad": np.asarray(
+                    [math.radians(fit.phase_shift_deg)], dtype=np.float32
+                ),
+                "ctf/scale": np.ones(1, dtype=np.float32),
+                "ctf/bfactor": np.zeros(1, dtype=np.float32),
+                "ctf/ctf_fit_to_A": np.asarray([fit.fit_resolution_A], dtype=np.float32),
+                "ctf/cross_corr": np.asarray([fit.score], dtype=np.float32),
+            }
+        )
+
+    columns, files, _ = process_items(ctx, paths, process, verb="fitted")
+    mine = ctx.my_part(list(range(len(paths))))
+    dataset = micrographs.take(mine).with_columns(columns) if mine else None
+    summary: dict[str, Any] = {"micrographs": len(mine)}
+    if columns:
+        mean_A = 0.5 * (columns["ctf/df1_A"].astype(np.float64) + columns["ctf/df2_A"])
+        summary |= {
+            "defocus_min_A": round(float(mean_A.min()), 1),
+            "defocus_max_A": round(float(mean_A.max()), 1),
+            "defocus_mean_A": round(float(mean_A.mean()), 1),
+            "ctf_fit_to_A_mean": round(float(columns["ctf/ctf_fit_to_A"].mean()), 2),
+        }
+    save_output(ctx, "micrographs", dataset, files, summary)
+    ctx.log(f"fitted {len(mine)} micrographs: {summary}")
+
+
 JOB = JobType(
     name="ctf_estimation",
     title="Patch CTF Estimation",
@@ -66,4 +180,5 @@ JOB = JobType(
     outputs=(OutputGroup("micrographs", DataKind.MICROGRAPHS, "Micrographs with CTF parameters"),),
     uses_gpu=True,
     shardable=True,
+    run=run,
 )
