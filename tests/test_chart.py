@@ -195,9 +195,9 @@ def test_operator_runs_one_replica_with_recreate(docs: list[dict[str, Any]]) -> 
     assert (
         spec["serviceAccountName"] == one(docs, "ServiceAccount", "-operator")["metadata"]["name"]
     )
-    args = spec["containers"][0]["args"]
-    assert args[:2] == ["run", "--standalone"]
-    assert args[-2:] == ["-m", "cryokube.operator.handlers"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["CRYOKUBE_METRICS_PORT"]["value"] == "9090"
+    assert "CRYOKUBE_WATCH_NAMESPACES" not in env
 
 
 EXPECTED_RULES = {
@@ -246,9 +246,9 @@ def test_watch_namespaces_grant_roles_only_there(repo_root: Path) -> None:
     roles = objects(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["lab-a", "lab-b"]
     assert all(granted(role) == EXPECTED_RULES for role in roles)
-    args = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=lab-a" in args
-    assert "--all-namespaces" not in args
+    (container,) = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CRYOKUBE_WATCH_NAMESPACES"] == "lab-a,lab-b"
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -408,6 +408,28 @@ def test_network_policies_select_the_pods_they_name(docs: list[dict[str, Any]]) 
             assert selected == {p.component for p in pods if p.namespace == NAMESPACE}
         else:
             assert selected == {suffix.removesuffix("s")}, suffix
+
+
+def test_operator_built_worker_pods_are_the_ones_the_policies_select(
+    repo_root: Path, docs: list[dict[str, Any]]
+) -> None:
+    from cryokube.operator.manifests import WorkerConfig, build_child_job
+    from cryokube.operator.models import parse_job, parse_project
+
+    case = (repo_root / "tests/data/operator/input/pvc_sharded_gpu.yaml").read_text()
+    project, job = yaml.safe_load_all(case.replace("{namespace}", "lab"))
+    config = WorkerConfig(metadata_url=worker_defaults(docs)["metadataURL"])
+    child = build_child_job(parse_job(job), parse_project(project), config=config)
+    labels = child["spec"]["template"]["metadata"]["labels"]
+    worker = Pod("worker", "lab", labels, frozenset())
+    assert selects(one(docs, "NetworkPolicy", "-workers")["spec"]["podSelector"], labels)
+    metadata = one(docs, "NetworkPolicy", "-metadata")
+    (rule,) = [
+        rule
+        for rule in metadata["spec"]["ingress"]
+        if any(peer_matches(peer, worker, NAMESPACE) for peer in rule["from"])
+    ]
+    assert [port["port"] for port in rule["ports"]] == [8080]
 
 
 def test_outside_traffic_reaches_only_the_proxy_and_the_api_server(
