@@ -146,6 +146,8 @@ def process_items(
 
 
 def _concatenate(parts: Sequence[Mapping[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+    """Join item columns in order; items without rows (no picks) add nothing."""
+    parts = [p for p in parts if p and len(next(iter(p.values())))]
     if not parts:
         return {}
     names = list(parts[0])

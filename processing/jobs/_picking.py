@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -95,3 +96,22 @@ def centres_px(particles: Dataset) -> npt.NDArray[np.float64]:
             particles["location/center_y_frac"] * shape[:, 0],
         ]
     )
+
+
+def micrograph_ctf(micrographs: Dataset, index: int) -> dict[str, float] | None:
+    """Keyword arguments of :func:`cryokube.processing.ctf.ctf_2d` for micrograph ``index``.
+
+    None when the micrographs have no CTF fit (no ``ctf/df1_A``).
+    """
+    if "ctf/df1_A" not in micrographs:
+        return None
+    phase = micrographs.get("ctf/phase_shift_rad")
+    return {
+        "defocus_u_A": float(micrographs["ctf/df1_A"][index]),
+        "defocus_v_A": float(micrographs["ctf/df2_A"][index]),
+        "astig_angle_deg": math.degrees(float(micrographs["ctf/df_angle_rad"][index])),
+        "voltage_kV": float(micrographs["ctf/accel_kv"][index]),
+        "cs_mm": float(micrographs["ctf/cs_mm"][index]),
+        "amp_contrast": float(micrographs["ctf/amp_contrast"][index]),
+        "phase_shift_deg": 0.0 if phase is None else math.degrees(float(phase[index])),
+    }

@@ -1,12 +1,34 @@
-"""``extract_particles``: cut particle boxes out of micrographs."""
+"""``extract_particles``: cut particle boxes out of micrographs.
+
+Boxes are cut at the nearest whole pixel of each centre; a particle whose box would cross the
+micrograph's edge is dropped, as cryoSPARC and RELION do. Each box is optionally phase-flipped
+with its micrograph's CTF, Fourier-cropped, contrast-inverted, and normalised to zero mean and
+unit standard deviation outside a circle of 3/4 of the box (RELION's background radius).
+
+References
+----------
+Scheres, S. H. W. RELION: implementation of a Bayesian approach to cryo-EM structure
+determination. J. Struct. Biol. 180, 519-530 (2012). doi:10.1016/j.jsb.2012.09.006
+"""
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import model_validator
 
-from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+from ._items import ItemResult, process_items, publish_mrc, save_output, stem
+from ._picking import centres_px, micrograph_ctf
+from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.datasets import Dataset
+    from cryokube.processing.worker.context import JobContext
+
+BACKGROUND_RADIUS = 0.375
+"""Background for normalisation: outside this fraction of the box from the centre."""
 
 
 class Params(JobParams):
@@ -39,6 +61,144 @@ class Params(JobParams):
         return self
 
 
+def _boxes(
+    image: npt.NDArray[Any], centres_xy_px: npt.NDArray[np.float64], box_px: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Cut ``box_px`` boxes at whole-pixel centres; returns (n_kept, box, box) and the kept mask.
+
+    ``centres_xy_px`` has shape (n, 2) as ``(x, y)`` px; the box of centre ``c`` spans
+    ``round(c) - box // 2`` to ``round(c) + box // 2`` (the centre at index ``box // 2``).
+    """
+    ny, nx = image.shape
+    corner = np.rint(centres_xy_px).astype(np.int64) - box_px // 2
+    keep = (
+        np.all(corner >= 0, axis=1) & (corner[:, 0] + box_px <= nx) & (corner[:, 1] + box_px <= ny)
+    )
+    stack = np.empty((int(keep.sum()), box_px, box_px), dtype=np.float32)
+    for k, (x0, y0) in enumerate(corner[keep]):
+        stack[k] = image[y0 : y0 + box_px, x0 : x0 + box_px]
+    return stack, keep
+
+
+def _prepare(boxes: Any, p: Params, pixel_size_A: float, ctf: dict[str, float] | None) -> Any:
+    """Phase-flip, Fourier-crop, invert and normalise boxes (n, box, box) on their device."""
+    from cryokube.processing.backend import array_module, fourier_crop, irfft2, rfft2
+    from cryokube.processing.ctf import ctf_2d
+
+    xp = array_module(boxes)
+    box = p.box_size_pix
+    out_box = p.bin_size_pix or box
+    spectra = rfft2(boxes)
+    if ctf is not None:
+        spectra = spectra * xp.sign(ctf_2d((box, box), pixel_size_A, **ctf))
+    if out_box != box:
+        spectra = fourier_crop(spectra, (box, box), (out_box, out_box))
+    images = irfft2(spectra, (out_box, out_box))
+    if p.flip_contrast:
+        images = -images
+    yy, xx = np.mgrid[:out_box, :out_box] - out_box // 2
+    background = xp.asarray(np.hypot(yy, xx) > BACKGROUND_RADIUS * out_box)
+    values = images[:, background]
+    mean = values.mean(axis=1)[:, None, None]
+    sd = xp.maximum(values.std(axis=1), 1e-12)[:, None, None]
+    return ((images - mean) / sd).astype(np.float32)
+
+
+def _recentred(particles: Dataset, mic_psize_A: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Centres (n, 2) as (x, y) px moved by upstream 2D shifts (RELION: ``X - rlnOriginX``)."""
+    centres = centres_px(particles)
+    shift = particles.get("alignments2D/shift")
+    psize = particles.get("blob/psize_A")
+    if shift is None or psize is None:
+        return centres
+    moved: npt.NDArray[np.float64] = centres - shift * (psize / mic_psize_A)[:, None]
+    return moved
+
+
+def run(ctx: JobContext) -> None:
+    """Extract the particles of each micrograph of this shard into one ``.mrcs`` stack."""
+    from cryokube.processing.backend import to_device, to_host
+    from cryokube.processing.datasets import Dataset
+    from cryokube.processing.io.mrc import read_mrc
+
+    p = cast(Params, ctx.params)
+    micrographs = ctx.load_dataset("micrographs")
+    particles = ctx.load_dataset("particles")
+    for field in (
+        "location/micrograph_path",
+        "location/center_x_frac",
+        "location/micrograph_shape",
+    ):
+        if field not in particles:
+            raise JobInputError(f"inputs.particles: the dataset has no {field} field")
+    mic_paths = micrographs.strings("micrograph_blob/path")
+    on_mic = np.asarray(particles.strings("location/micrograph_path"))
+    unknown = sorted(set(on_mic.tolist()) - set(mic_paths))
+    if unknown:
+        raise JobInputError(
+            f"inputs.particles: {len(unknown)} micrograph(s) are not in inputs.micrographs, "
+            f"first {unknown[0]!r}"
+        )
+    if p.phase_flip and "ctf/df1_A" not in micrographs:
+        raise JobInputError("params.phase_flip: the micrographs have no CTF fit (ctf/df1_A)")
+    out_box = p.bin_size_pix or p.box_size_pix
+    ctf_fields = [f for f in micrographs.fields if f.startswith("ctf/")]
+
+    def process(index: int) -> ItemResult:
+        path = mic_paths[index]
+        rows = np.flatnonzero(on_mic == path)
+        mine = particles.take(rows)
+        psize = float(micrographs["micrograph_blob/psize_A"][index])
+        with ctx.open_input(path) as local:
+            image, _ = read_mrc(local, mmap=False)
+        centres = (
+            _recentred(mine, np.full(len(mine), psize))
+            if p.recenter_using_shifts
+            else centres_px(mine)
+        )
+        stack, keep = _boxes(image, centres, p.box_size_pix)
+        kept = mine.take(np.flatnonzero(keep))
+        if not len(kept):
+            return ItemResult({"uid": np.zeros(0, dtype=np.uint64)})
+        ctf = micrograph_ctf(micrographs, index) if p.phase_flip else None
+        images = to_host(_prepare(to_device(stack, ctx.device), p, psize, ctf))
+        out_psize = psize * p.box_size_pix / out_box
+        entry = publish_mrc(
+            ctx,
+            images,
+            f"extract/{stem(path)}_particles.mrcs",
+            pixel_size_A=out_psize,
+            float16=p.output_f16,
+            stack=True,
+        )
+        n = len(kept)
+        columns: dict[str, npt.NDArray[Any]] = {"uid": kept.uid.copy()}
+        columns |= {f: np.asarray(particles[f][rows[keep]]) for f in particles.fields if f != "uid"}
+        columns |= {
+            "blob/path": np.asarray([entry.path] * n, dtype="S"),
+            "blob/idx": np.arange(n, dtype=np.uint32),
+            "blob/shape": np.tile(np.asarray([out_box, out_box], np.uint32), (n, 1)),
+            "blob/psize_A": np.full(n, out_psize, dtype=np.float32),
+        }
+        columns |= {f: np.repeat(micrographs[f][index : index + 1], n, axis=0) for f in ctf_fields}
+        return ItemResult(columns, [entry])
+
+    columns, files, _ = process_items(ctx, mic_paths, process, verb="extracted from")
+    mine = ctx.my_part(list(range(len(mic_paths))))
+    total = int(np.isin(on_mic, [mic_paths[i] for i in mine]).sum())
+    n_extracted = len(columns.get("uid", ()))
+    dataset = Dataset.from_columns(columns) if n_extracted else None
+    summary = {
+        "micrographs": len(mine),
+        "particles_extracted": n_extracted,
+        "dropped_at_edges": total - n_extracted,
+        "box_size_px": out_box,
+        "pixel_size_A": float(dataset["blob/psize_A"][0]) if dataset is not None else None,
+    }
+    save_output(ctx, "particles", dataset, files, summary)
+    ctx.log(f"extracted {n_extracted} particles, dropped {total - n_extracted} at the edges")
+
+
 JOB = JobType(
     name="extract_particles",
     title="Extract From Micrographs",
@@ -51,4 +211,5 @@ JOB = JobType(
     outputs=(OutputGroup("particles", DataKind.PARTICLES, "Extracted particle stacks"),),
     uses_gpu=True,
     shardable=True,
+    run=run,
 )
