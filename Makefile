@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # run from the repository root (Python prepends the working directory); PYTHONSAFEPATH stops that.
 export PYTHONSAFEPATH := 1
 
-.PHONY: venv demo test lint typecheck bench e2e clean
+.PHONY: venv demo test lint typecheck bench e2e clean tools
 
 venv: $(STAMP)
 
@@ -24,7 +24,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cryokube demo
 
-test: $(STAMP) lint
+# Pinned Go tools (helm, oauth2-proxy) from the Go module proxy into .tools/bin; instant when built.
+tools:
+	scripts/tools.sh
+
+test: $(STAMP) lint tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # mypy cannot follow setuptools' editable import hook, so it reads the two packages through a
