@@ -526,3 +526,11 @@ def test_notes_tell_how_to_reach_the_console(repo_root: Path, tmp_path: Path) ->
     assert "https://cryokube.lab.example.org/oauth2/callback" in text
     assert "Allowed groups: cryo-em-lab." in text
     assert "kubectl apply --server-side -f charts/cryokube/crds/" in text
+
+
+@pytest.mark.parametrize("name", [n for n in PROFILES.values() if n is not None])
+def test_install_doc_shows_the_tested_values_files(repo_root: Path, name: str) -> None:
+    text = (repo_root / "tests/data/chart" / name).read_text()
+    values = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+    doc = (repo_root / "docs/install.md").read_text()
+    assert f"```yaml\n{values}```" in doc
