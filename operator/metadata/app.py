@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..console import setup_console
 from .embedded import EmbeddedMongo
 from .errors import MetadataError
 from .keys import HUB, JOBS, METRICS, PROJECTS, REPOS, SETTINGS, SHUTDOWN, WORKER
@@ -127,6 +128,7 @@ def create_app(settings: Settings) -> web.Application:
     app[HUB] = EventHub()
     app[SHUTDOWN] = asyncio.Event()
     setup_routes(app)
+    setup_console(app)
     app.cleanup_ctx.extend([_embedded_ctx, _store_ctx, _feed_ctx])
     app.on_shutdown.append(_on_shutdown)
     return app
