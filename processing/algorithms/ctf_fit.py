@@ -158,28 +158,6 @@ def _windows(p: _Problem, defocus_A: float) -> Callable[[Array | None], Array]:
     return window
 
 
-def _annulus_normalise(p: _Problem, values: Array, defocus_A: float) -> Array:
-    """Remove a local linear background in k^2 over a one-ring-period annulus, divide by SD.
-
-    The background at each point is the least-squares line in k^2 through the values in its
-    annulus (see :func:`_windows`); the residual is divided by the residual SD there.
-    """
-    xp = array_module(values)
-    window = _windows(p, defocus_A)
-    v = values.ravel().astype(np.float64)
-    k2 = p.k2.ravel().astype(np.float64)
-    n = xp.maximum(window(None), 1)
-    sx, sy = window(k2) / n, window(v) / n
-    cxx = window(k2 * k2) / n - sx * sx
-    cxy = window(k2 * v) / n - sx * sy
-    cyy = window(v * v) / n - sy * sy
-    gradient = cxy / xp.maximum(cxx, 1e-30)
-    residual_var = xp.maximum(cyy - gradient * cxy, 1e-30)
-    b = p.bins
-    out = (v - sy[b] - gradient[b] * (k2 - sx[b])) / xp.sqrt(residual_var[b])
-    return out.reshape(values.shape).astype(np.float32)
-
-
 def _model(p: _Problem, params: tuple[float, float, float, float]) -> Array:
     du, dv, angle, phase = params
     xp = array_module(p.amplitude)
@@ -198,8 +176,8 @@ def _model(p: _Problem, params: tuple[float, float, float, float]) -> Array:
     return ctf * ctf
 
 
-def _score(p: _Problem, params: tuple[float, float, float, float]) -> float:
-    """Mean over the band of the signed partial R^2 of the CTF in each annulus.
+def _annulus_partial_r2(p: _Problem, params: tuple[float, float, float, float]) -> Array:
+    """Signed partial R^2 of the CTF rings in the annulus of every k^2 bin.
 
     In the annulus around each k^2 bin (see :func:`_windows`) the data are regressed on a
     local background ``a + b k^2`` and on the model with a local ring amplitude that changes
@@ -236,8 +214,13 @@ def _score(p: _Problem, params: tuple[float, float, float, float]) -> float:
     base_det = xp.maximum(one * sxx - sx * sx, 1e-30)
     rss0 = sdd - (sxx * sd * sd - 2 * sx * sd * sxd + one * sxd * sxd) / base_det
     amplitude = beta[:, 2] + beta[:, 3] * (p.bin_k2 - p.k2_centre)
-    partial = xp.sign(amplitude) * xp.clip(1 - rss / xp.maximum(rss0, 1e-30), 0, 1)
-    return float(xp.mean(partial[p.bins][p.band.ravel()]))
+    return xp.sign(amplitude) * xp.clip(1 - rss / xp.maximum(rss0, 1e-30), 0, 1)
+
+
+def _score(p: _Problem, params: tuple[float, float, float, float]) -> float:
+    """Mean over the band of :func:`_annulus_partial_r2`."""
+    xp = array_module(p.amplitude)
+    return float(xp.mean(_annulus_partial_r2(p, params)[p.bins][p.band.ravel()]))
 
 
 def _prepare(
@@ -265,6 +248,11 @@ def _prepare(
     bin_width = float(k2.max()) / (_K2_BINS - 1)
     bins = xp.rint(k2.ravel() / bin_width).astype(np.int64)
     band = (k2 >= 1.0 / low_A**2) & (k2 <= 1.0 / high_A**2)
+    # The rows and columns through the origin carry the tiles' edge discontinuities (a bright
+    # cross in every spectrum of untapered tiles); they would bias the astigmatism.
+    iy = xp.abs(xp.fft.fftfreq(m) * m)[:, None]
+    ix = xp.arange(m // 2 + 1)[None, :]
+    band &= (iy > 2) & (ix > 2)
     return _Problem(
         amplitude=half.astype(np.float32),
         shape=(m, m),
@@ -286,33 +274,19 @@ def _prepare(
 def _fit_resolution(p: _Problem, params: tuple[float, float, float, float], low_A: float) -> float:
     """Highest resolution (A) at which the fit still holds.
 
-    The spectrum is cut into shells 8 frequency samples wide; the fit holds while the
-    correlation of data and model in each shell, from the first shell in the band that passes,
-    stays above three times its standard deviation for pure noise, ``3 / sqrt(n_independent)``
-    (half of the rfft samples are independent).
+    ``p`` covers frequencies up to Nyquist. From the first annulus beyond ``low_A`` where it
+    holds, the fit holds while the rings explain a significant part of each annulus: a signed
+    partial R^2 above five times its mean for pure noise (two extra regressors over ``n``
+    points: ``2 / n``).
     """
-    xp = array_module(p.amplitude)
-    mean_defocus = 0.5 * (params[0] + params[1])
-    data = _annulus_normalise(p, p.amplitude, mean_defocus)
-    model = _annulus_normalise(p, _model(p, params), mean_defocus)
-    shell_width = 8.0 / (p.shape[0] * p.grid_pixel_A)
-    shell = xp.floor(xp.sqrt(p.k2) / shell_width).astype(np.int64).ravel()
-    n_shells = p.shape[0] // 16
-    keep = shell < n_shells
-    shell = shell[keep]
-
-    def per_shell(values: Array) -> Array:
-        return xp.bincount(shell, weights=values.ravel()[keep], minlength=n_shells)
-
-    sxy, sxx, syy = per_shell(data * model), per_shell(data * data), per_shell(model * model)
-    counts = xp.bincount(shell, minlength=n_shells)
-    cc = to_host(sxy / xp.sqrt(xp.maximum(sxx * syy, 1e-30)))
-    threshold = to_host(3.0 / xp.sqrt(xp.maximum(counts, 2) / 2.0))
-    first = math.ceil(1.0 / (low_A * shell_width))
-    passing = [bool(cc[i] >= threshold[i]) for i in range(n_shells)]
-    start = next((i for i in range(first, n_shells) if passing[i]), n_shells)
-    last = next((i for i in range(start, n_shells) if not passing[i]), n_shells)
-    return 1.0 / (max(last, first) * shell_width)
+    partial = to_host(_annulus_partial_r2(p, params))
+    counts = to_host(_windows(p, 0.5 * (params[0] + params[1]))(None))
+    k2 = to_host(p.bin_k2)
+    holds = (counts >= 8) & (partial >= 10.0 / np.maximum(counts, 1))
+    first = int(np.searchsorted(k2, 1.0 / low_A**2))
+    start = next((i for i in range(first, k2.shape[0]) if holds[i]), k2.shape[0])
+    stop = next((i for i in range(start, k2.shape[0]) if not holds[i]), k2.shape[0])
+    return 1.0 / math.sqrt(float(k2[max(stop - 1, first)]))
 
 
 def fit_ctf_spectrum(
@@ -428,7 +402,7 @@ def fit_ctf_spectrum(
         voltage_kV=voltage_kV,
         cs_mm=cs_mm,
         amp_contrast=amp_contrast,
-        resolution_band_A=resolution_band_A,
+        resolution_band_A=(low_A, 2.0 * pixel_size_A),
         spectrum_kind=spectrum_kind,
         crop=False,
     )

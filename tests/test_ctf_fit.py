@@ -1,0 +1,181 @@
+"""CTF estimation against simulator truth and against the real spectra and micrograph."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryokube.processing.algorithms.ctf_fit import (
+    estimate_ctf,
+    estimate_ctf_patches,
+    fit_ctf_spectrum,
+)
+from cryokube.processing.io.mrc import read_mrc
+from cryokube.processing.simulate import Phantom, phantom_volume, simulate_micrograph
+
+PIXEL_A = 1.5
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return phantom_volume(box_size=96, pixel_size_A=PIXEL_A, seed=0)
+
+
+def _angle_error_deg(a: float, b: float) -> float:
+    """Difference of two astigmatism angles, which are defined modulo 180 degrees."""
+    return abs((a - b + 90.0) % 180.0 - 90.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("defocus_A", "angle_deg"), [(5000.0, 30.0), (15000.0, 55.0), (25000.0, 80.0), (35000.0, -75.0)]
+)
+def test_simulated_defocus_within_1_percent_and_angle_within_5_deg(
+    phantom: Phantom, defocus_A: float, angle_deg: float
+) -> None:
+    """0.5-3.5 um with 800 A astigmatism.
+
+    The simulator's Thon rings come from the particles alone (its ice is smooth), so SNR 1
+    (of the whole micrograph) is what makes them reach 7-14 A, about as far as on real data.
+    """
+    micrograph = simulate_micrograph(
+        phantom.volume,
+        PIXEL_A,
+        shape=(1536, 1536),
+        n_particles=150,
+        carbon_fraction=0.0,
+        snr=1.0,
+        defocus_u_A=defocus_A + 400.0,
+        defocus_v_A=defocus_A - 400.0,
+        astig_angle_deg=angle_deg,
+        seed=int(defocus_A) % 7,
+    )
+    fit = estimate_ctf(
+        micrograph.image, pixel_size_A=PIXEL_A, voltage_kV=300.0, cs_mm=2.7, amp_contrast=0.07
+    )
+    assert fit.defocus_mean_A == pytest.approx(defocus_A, rel=0.01)
+    assert fit.astigmatism_A == pytest.approx(800.0, abs=200.0)
+    assert _angle_error_deg(fit.astig_angle_deg, angle_deg) < 5.0
+    assert fit.defocus_u_A >= fit.defocus_v_A
+    assert fit.fit_resolution_A < 20.0
+
+
+def _reference_defocus(shared_data: Path) -> dict[str, dict[str, float]]:
+    table = shared_data / "real" / "relion30-betagal-sppractice" / "defocus_reference.tsv"
+    lines = [line for line in table.read_text().splitlines() if not line.startswith("#")]
+    return {
+        row["micrograph"]: {key: float(row[key]) for key in row if key.endswith(("_A", "_fom"))}
+        for row in csv.DictReader(lines, delimiter="\t")
+    }
+
+
+@pytest.mark.parametrize("micrograph", ["20170629_00021", "20170629_00024", "20170629_00026"])
+def test_real_power_spectra_match_thon_ring_reference(shared_data: Path, micrograph: str) -> None:
+    """RELION's own spectra of the beta-gal tutorial (200 kV, Cs 1.4 mm, 1.39955 A/px).
+
+    Truth: the README's independent Thon-ring fit, +-5%; the CTFFIND run in
+    ``ctffind_job005_BAD`` found 3-4x too large a defocus and must not be reproduced.
+    """
+    reference = _reference_defocus(shared_data)[micrograph]
+    path = (
+        shared_data
+        / "real"
+        / "relion30-betagal-sppractice"
+        / "ps"
+        / f"{micrograph}_frameImage_PS.mrc"
+    )
+    spectrum, info = read_mrc(path)
+    assert info.pixel_size_A == pytest.approx(1.39955, rel=1e-4)
+    fit = fit_ctf_spectrum(
+        np.asarray(spectrum, dtype=np.float32).squeeze(),
+        pixel_size_A=1.39955,
+        voltage_kV=200.0,
+        cs_mm=1.4,
+        amp_contrast=0.1,
+        spectrum_kind="amplitude",
+        defocus_range_A=(5000.0, 50000.0),
+    )
+    assert fit.defocus_mean_A == pytest.approx(reference["thon_ring_fit_defocus_A"], rel=0.05)
+    bad = 0.5 * (reference["ctffind_job005_defocusU_A"] + reference["ctffind_job005_defocusV_A"])
+    assert abs(fit.defocus_mean_A - bad) > 0.5 * bad
+    # Diamond's pipeline test expects about 247 A of astigmatism on these movies.
+    assert fit.astigmatism_A < 600.0
+
+
+def test_real_micrograph_defocus_within_3_percent(shared_data: Path) -> None:
+    """The eBIC Krios micrograph crop: 1.05 um +- 3%.
+
+    The README also says "astigmatism under about 100 A" from ASPIRE's fit; we find a stable
+    500-630 A at -55 deg with every box size and band (a transposed spectrum moves the angle to
+    -35 deg, so it is in the data), which an energy filter's anisotropic magnification of 2-3%
+    would also produce. The bound here is therefore looser than the README's.
+    """
+    path = shared_data / "real" / "mrcfile-testdata" / "fei-extended_center2048.mrc.bz2"
+    data, _ = read_mrc(path)
+    fit = estimate_ctf(
+        np.asarray(data, dtype=np.float32).squeeze(),
+        pixel_size_A=0.8537755,
+        voltage_kV=300.0,
+        cs_mm=2.7,
+        amp_contrast=0.1,
+    )
+    assert fit.defocus_mean_A == pytest.approx(10500.0, rel=0.03)
+    assert fit.astigmatism_A < 700.0
+
+
+def test_patch_mode_finds_a_flat_specimen(phantom: Phantom) -> None:
+    micrograph = simulate_micrograph(
+        phantom.volume,
+        PIXEL_A,
+        shape=(1024, 1024),
+        n_particles=70,
+        carbon_fraction=0.0,
+        snr=1.0,
+        defocus_u_A=15300.0,
+        defocus_v_A=14700.0,
+        astig_angle_deg=10.0,
+        seed=11,
+    )
+    result = estimate_ctf_patches(
+        micrograph.image,
+        pixel_size_A=PIXEL_A,
+        voltage_kV=300.0,
+        cs_mm=2.7,
+        amp_contrast=0.07,
+        grid=(2, 2),
+        box_px=256,
+    )
+    assert len(result.patches) == 4
+    assert result.centres_px.shape == (4, 2)
+    for fit in result.patches:
+        assert fit.defocus_mean_A == pytest.approx(15000.0, rel=0.03)
+    assert result.plane_A[0] == pytest.approx(15000.0, rel=0.02)
+    # Flat specimen: the plane changes the defocus by less than 2% across the half-field
+    # (the patches' own precision is about 1% here, far from a tilt measurement).
+    assert np.hypot(result.plane_A[1], result.plane_A[2]) * 512.0 < 0.02 * 15000.0
+    assert 0.0 <= result.tilt_deg < 90.0
+    assert result.defocus_at(512.0, 512.0, (1024, 1024)) == pytest.approx(result.plane_A[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"resolution_band_A": (5.0, 30.0)}, "resolution_band_A"),
+        ({"resolution_band_A": (30.0, 1.0)}, "resolution_band_A"),
+        ({"defocus_range_A": (0.0, 1000.0)}, "defocus_range_A"),
+        ({"amp_contrast": 1.5}, "amp_contrast"),
+        ({"spectrum_kind": "phase"}, "spectrum_kind"),
+    ],
+)
+def test_bad_parameters_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    arguments: dict[str, object] = {"pixel_size_A": 1.0, "voltage_kV": 300.0, "cs_mm": 2.7}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        fit_ctf_spectrum(np.ones((64, 64), dtype=np.float32), **arguments)  # type: ignore[arg-type]
+
+
+def test_non_square_spectrum_is_rejected() -> None:
+    with pytest.raises(ValueError, match="spectrum"):
+        fit_ctf_spectrum(np.ones((64, 32)), pixel_size_A=1.0, voltage_kV=300.0, cs_mm=2.7)
