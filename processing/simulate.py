@@ -25,7 +25,8 @@ machine; job code moves results to a device when it needs to.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.ndimage as ndi
 from cryokube.processing.algorithms.projection import extract_slices, fourier_volume
-from cryokube.processing.backend import fourier_shift, irfft2, rfft2
+from cryokube.processing.backend import fft_workers, fourier_shift, irfft2, rfft2
 from cryokube.processing.ctf import ctf_2d
 from cryokube.processing.geometry import euler_to_axis_angle, euler_to_matrix, matrix_to_euler
 from cryokube.processing.io.movies import write_movie_mrc, write_movie_tiff
@@ -727,30 +728,41 @@ def _drift_path(
     return np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
 
 
-def _drifted_frames(truth: MovieTruth) -> Iterator[FloatArray]:
-    """Expected intensity of each frame: the true image moved by the frame's displacement.
+def _frame_model(truth: MovieTruth) -> Callable[[int], FloatArray]:
+    """The expected intensity of frame ``f``: the true image moved by its displacement.
 
     A global drift alone is an exact Fourier phase ramp; with local drift the image's cubic
-    spline coefficients are computed once and sampled at ``r - d_f(r)`` for every frame.
+    spline coefficients are computed once and sampled at ``r - d_f(r)``. The returned function
+    only reads shared arrays, so frames can be made on several threads.
     """
     image = truth.image
     shape = (image.shape[0], image.shape[1])
     if not np.any(truth.local_coefficients_px):
         spectrum = rfft2(image)
-        for dx, dy in truth.drift_px:
+
+        def shifted(f: int) -> FloatArray:
+            dx, dy = truth.drift_px[f]
             shift = np.array([dy, dx], dtype=np.float32)
-            yield irfft2(fourier_shift(spectrum, shift, shape), shape)
-        return
+            return np.asarray(irfft2(fourier_shift(spectrum, shift, shape), shape))
+
+        return shifted
     coefficients = ndi.spline_filter(image, order=3, mode="grid-wrap", output=np.float32)
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     last = truth.local_drift_px(xx, yy)[-1].astype(np.float32)  # (ny, nx, 2)
-    for (dx, dy), fraction in zip(truth.drift_px, truth.local_time_profile, strict=True):
+
+    def warped(f: int) -> FloatArray:
+        dx, dy = truth.drift_px[f]
+        fraction = truth.local_time_profile[f]
         coords = np.stack(
             [yy - (dy + fraction * last[..., 1]), xx - (dx + fraction * last[..., 0])]
         )
-        yield ndi.map_coordinates(
-            coefficients, coords, order=3, mode="grid-wrap", prefilter=False, output=np.float32
+        return np.asarray(
+            ndi.map_coordinates(
+                coefficients, coords, order=3, mode="grid-wrap", prefilter=False, output=np.float32
+            )
         )
+
+    return warped
 
 
 def simulate_movie(
@@ -840,11 +852,20 @@ def simulate_movie(
 
     dose_px = dose_per_frame_e_per_A2 * pixel_size_A**2
     hot_rate = max(10.0, 20.0 * dose_px)
+    model = _frame_model(truth)
+    counts_per_intensity = dose_px / gain
     frames = np.empty((n_frames, ny, nx), dtype=np.uint16)
-    for f, expected in enumerate(_drifted_frames(truth)):
-        rate = np.clip(expected, 0.0, None) * (dose_px / gain)
+    # one child generator per frame: the counts do not depend on which thread makes a frame
+    frame_rngs = rng.spawn(n_frames)
+
+    def make_frame(f: int) -> None:
+        rate = np.clip(model(f), 0.0, None) * counts_per_intensity
         rate[hot] = hot_rate
-        frames[f] = np.minimum(rng.poisson(rate), np.iinfo(np.uint16).max)
+        frames[f] = np.minimum(frame_rngs[f].poisson(rate), np.iinfo(np.uint16).max)
+
+    # Poisson sampling and the FFTs release the GIL, so frames are made on all cores
+    with ThreadPoolExecutor(max_workers=min(fft_workers(), n_frames)) as pool:
+        list(pool.map(make_frame, range(n_frames)))
     if int(frames.max()) <= np.iinfo(np.uint8).max:
         return Movie(frames.astype(np.uint8), truth)
     return Movie(frames, truth)

@@ -226,13 +226,18 @@ def test_movie_local_drift_equals_truth() -> None:
     truth = movie.truth
     last = movie.frames[-1].astype(np.float64)
     patch = 48
+    local_part = []
     for y0 in (8, 200):
         for x0 in (8, 200):
             ys, xs = np.mgrid[y0 : y0 + patch, x0 : x0 + patch]
             expected = truth.displacement_px(xs, ys)[-1].reshape(-1, 2).mean(axis=0)
             window = last[y0 : y0 + patch, x0 : x0 + patch]
             found = _fit_displacement(window, truth.image.astype(np.float64), y0, x0)
-            np.testing.assert_allclose(found, expected, atol=0.1)
+            # 0.3 px: the field varies by up to 1 px across a patch and the counts are noisy
+            # (errors of 0.05-0.25 px over seeds); dropping the local part would miss by 1-3 px
+            np.testing.assert_allclose(found, expected, atol=0.3)
+            local_part.append(np.abs(expected - truth.drift_px[-1]).max())
+    assert max(local_part) > 1.0
     # the local part vanishes at frame 0 and reaches local_drift_px at a corner by the end
     corners = truth.local_drift_px(np.array([0.0, 256, 0, 256]), np.array([0.0, 0, 256, 256]))
     np.testing.assert_array_equal(corners[0], 0.0)
@@ -261,8 +266,12 @@ def test_movie_dose_is_the_poisson_mean_with_gain_and_hot_pixels() -> None:
     assert truth.hot_pixels.sum() == 5
 
 
-def test_movie_is_deterministic_and_written_through_io(tmp_path: Path) -> None:
+def test_movie_is_deterministic_and_written_through_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     movie = sim.simulate_movie(shape=(64, 80), n_frames=5, seed=4)
+    # frames come from per-frame generators: one thread or several give the same counts
+    monkeypatch.setenv("CRYOKUBE_FFT_WORKERS", "1")
     again = sim.simulate_movie(shape=(64, 80), n_frames=5, seed=4)
     np.testing.assert_array_equal(again.frames, movie.frames)
     np.testing.assert_array_equal(again.truth.drift_px, movie.truth.drift_px)
