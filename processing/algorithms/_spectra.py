@@ -13,6 +13,17 @@ def frequency_grid_per_A(shape: tuple[int, int], pixel_size_A: float, *, xp: Mod
     return radial_frequency(shape, xp=xp) / np.float32(pixel_size_A)
 
 
+def ndimage_module(x: Array) -> ModuleType:
+    """``scipy.ndimage`` or ``cupyx.scipy.ndimage``, following ``x`` (as backend.rotate_image)."""
+    if array_module(x) is np:
+        import scipy.ndimage
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage  # pragma: no cover - GPU only
+
+    return cupyx.scipy.ndimage  # pragma: no cover - GPU only
+
+
 def find_peaks(cc: Array, *, max_shift_px: float) -> Array:
     """Sub-pixel position of the maximum of cross-correlation maps, within a radius.
 

@@ -1,0 +1,127 @@
+"""Particle picking against the simulator's known particle centres."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryokube.processing.algorithms.picking import (
+    Picks,
+    filter_picks,
+    pick_blobs,
+    pick_templates,
+    templates_from_volume,
+)
+from cryokube.processing.geometry import euler_to_matrix
+from cryokube.processing.simulate import (
+    Micrograph,
+    Phantom,
+    phantom_volume,
+    random_euler_angles,
+    simulate_micrograph,
+)
+from scipy.spatial import cKDTree
+
+PIXEL_A = 2.0
+DIAMETER_A = 76.8  # the phantom's envelope: 2 x 0.3 x box (64 px) x 2 A
+CTF = {
+    "defocus_u_A": 15000.0,
+    "defocus_v_A": 14000.0,
+    "astig_angle_deg": 30.0,
+    "voltage_kV": 300.0,
+    "cs_mm": 2.7,
+    "amp_contrast": 0.07,
+}
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return phantom_volume(box_size=64, pixel_size_A=PIXEL_A, seed=0)
+
+
+@pytest.fixture(scope="module")
+def micrograph(phantom: Phantom) -> Micrograph:
+    """60 particles at the simulator's default SNR (0.05) next to a carbon edge (20%)."""
+    return simulate_micrograph(
+        phantom.volume,
+        PIXEL_A,
+        shape=(1024, 1024),
+        n_particles=60,
+        snr=0.05,
+        carbon_fraction=0.2,
+        seed=1,
+        **CTF,
+    )
+
+
+def _precision_recall(picks: Picks, micrograph: Micrograph) -> tuple[float, float]:
+    """Matching within 0.2 x diameter; each true particle is matched at most once."""
+    truth_yx = micrograph.truth.centres_px[:, ::-1]
+    if len(picks) == 0:
+        return 0.0, 0.0
+    distance, nearest = cKDTree(truth_yx).query(picks.centres_px)
+    matched = set(nearest[distance < 0.2 * DIAMETER_A / PIXEL_A].tolist())
+    return len(matched) / len(picks), len(matched) / len(truth_yx)
+
+
+def test_blob_picker_precision_and_recall(micrograph: Micrograph) -> None:
+    picks = pick_blobs(micrograph.image, pixel_size_A=PIXEL_A, diameter_range_A=(50.0, 80.0))
+    precision, recall = _precision_recall(picks, micrograph)
+    assert precision >= 0.9
+    assert recall >= 0.9
+    # Best first, and no two picks closer than the minimum separation (the smallest diameter).
+    assert np.all(np.diff(picks.scores) <= 0)
+    distances, _ = cKDTree(picks.centres_px).query(picks.centres_px, k=2)
+    assert distances[:, 1].min() * PIXEL_A >= 50.0 - 2 * 10.0  # within one working pixel
+    assert np.all((picks.diameters_A >= 50.0) & (picks.diameters_A <= 80.0))
+
+
+def test_template_picker_with_ctf_and_inspection_thresholds(
+    phantom: Phantom, micrograph: Micrograph
+) -> None:
+    templates = templates_from_volume(
+        phantom.volume, euler_to_matrix(random_euler_angles(8, seed=3))
+    )
+    picks = pick_templates(
+        micrograph.image,
+        templates,
+        pixel_size_A=PIXEL_A,
+        diameter_A=80.0,
+        angle_step_deg=20.0,
+        ctf=CTF,
+    )
+    _, recall = _precision_recall(picks, micrograph)
+    assert recall >= 0.9
+    # Tightening the score threshold afterwards removes the false picks, without re-picking.
+    tightened = filter_picks(picks, min_score=0.72)
+    precision, recall = _precision_recall(tightened, micrograph)
+    assert precision >= 0.9
+    assert recall >= 0.9
+    assert np.all((tightened.template_index >= 0) & (tightened.template_index < 8))
+
+
+def test_local_power_separates_particles_from_empty_ice(micrograph: Micrograph) -> None:
+    picks = pick_blobs(
+        micrograph.image, pixel_size_A=PIXEL_A, diameter_range_A=(50.0, 80.0), min_score=3.0
+    )
+    strict = filter_picks(picks, local_power_range=(2.0, np.inf))
+    loose_precision, _ = _precision_recall(picks, micrograph)
+    strict_precision, strict_recall = _precision_recall(strict, micrograph)
+    assert strict_precision > loose_precision
+    assert strict_recall >= 0.9
+    assert len(filter_picks(picks, max_picks=5)) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"pixel_size_A": -1.0}, "pixel_size_A"),
+        ({"lowpass_A": 1.0}, "lowpass_A"),
+        ({"diameter_range_A": (80.0, 50.0)}, "diameter_range_A"),
+        ({"n_scales": 0}, "n_scales"),
+    ],
+)
+def test_bad_parameters_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    arguments: dict[str, object] = {"pixel_size_A": 2.0, "diameter_range_A": (50.0, 80.0)}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        pick_blobs(np.zeros((64, 64), dtype=np.float32), **arguments)  # type: ignore[arg-type]
