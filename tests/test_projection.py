@@ -121,6 +121,19 @@ def test_prepared_volume_is_reusable_and_band_limited() -> None:
     np.testing.assert_allclose(single, slices[1], rtol=1e-6)
 
 
+@pytest.mark.parametrize(("n", "oversampling"), [(8, 2), (9, 1)], ids=["even", "odd"])
+def test_fourier_volume_layout(n: int, oversampling: int) -> None:
+    """Half spectrum of the padded volume, centre voxel at index 0, plus one Friedel column."""
+    volume = np.random.default_rng(5).standard_normal((n, n, n))
+    fvol = pj.fourier_volume(volume, oversampling=oversampling, pre_correction=False)
+    p = fvol.padded_size
+    padded = np.zeros((p, p, p))
+    padded[:n, :n, :n] = volume
+    full = np.fft.fftn(np.roll(padded, -(n // 2), axis=(0, 1, 2)))
+    assert fvol.spectrum.shape == (p, p, p // 2 + 2)
+    np.testing.assert_allclose(fvol.spectrum, full[:, :, : p // 2 + 2], atol=1e-9)
+
+
 def test_bad_input_names_argument() -> None:
     with pytest.raises(ValueError, match="volume"):
         pj.project(np.zeros((8, 8, 9)), np.eye(3))
