@@ -331,6 +331,19 @@ class User(Response):
     role: Role
 
 
+class ApiTokenCreate(Request):
+    """A new personal API token for the CLI."""
+
+    ttl_days: int = Field(default=30, ge=1, le=365)
+
+
+class ApiToken(Response):
+    """A newly minted API token, shown once."""
+
+    token: str
+    expires_at: datetime
+
+
 class ErrorBody(Response):
     """Every error response: a CamelCase reason, a message, and for 422 the failing fields."""
 

@@ -5,25 +5,10 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from pydantic import Field
-
 from ..auth import API_TOKEN_PREFIX, token_digest
 from ..keys import PROJECTS, REPOS
-from ..models import Page, PageQuery, Project, ProjectCreate, Request, Response, User
+from ..models import ApiToken, ApiTokenCreate, Page, PageQuery, Project, ProjectCreate, User
 from .base import Call, Reply, Result, Spec, endpoint
-
-
-class ApiTokenCreate(Request):
-    """A new personal API token for the CLI."""
-
-    ttl_days: int = Field(default=30, ge=1, le=365)
-
-
-class ApiToken(Response):
-    """A newly minted API token, shown once."""
-
-    token: str
-    expires_at: datetime
 
 
 @endpoint(
