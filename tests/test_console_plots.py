@@ -6,7 +6,6 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-
 from cryokube.operator.console import plots
 from cryokube.operator.console.graph import Node, job_graph_svg, layers
 

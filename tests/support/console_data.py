@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from support.metadata_app import OPERATOR, worker
-
 from cryokube.processing.ctf import ctf_radial
 from cryokube.processing.datasets import Dataset, save_cs
 from cryokube.processing.io import write_mrc
 from cryokube.processing.simulate import phantom_volume, simulate_micrograph
 from cryokube.processing.worker.manifest import FileEntry, GroupEntry, JobManifest
+
+from support.metadata_app import OPERATOR, worker
 
 PIXEL_SIZE_A = 2.0
 BOX_PX = 32
