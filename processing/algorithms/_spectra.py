@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import ModuleType
+from typing import cast
 
 import numpy as np
 from cryokube.processing.backend import Array, array_module, radial_frequency, rfft2
@@ -18,10 +19,10 @@ def ndimage_module(x: Array) -> ModuleType:
     if array_module(x) is np:
         import scipy.ndimage
 
-        return scipy.ndimage
+        return cast(ModuleType, scipy.ndimage)
     import cupyx.scipy.ndimage  # pragma: no cover - GPU only
 
-    return cupyx.scipy.ndimage  # pragma: no cover - GPU only
+    return cast(ModuleType, cupyx.scipy.ndimage)  # pragma: no cover - GPU only
 
 
 def find_peaks(cc: Array, *, max_shift_px: float) -> Array:

@@ -28,6 +28,7 @@ micrographs. J. Struct. Biol. 192, 216-221. doi:10.1016/j.jsb.2015.08.008
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -499,14 +500,16 @@ def estimate_ctf_patches(
     gy, gx = grid
     if min(grid) < 1 or ny // gy < box_px or nx // gx < box_px:
         raise ValueError(f"grid {grid} leaves patches smaller than box_px={box_px}")
-    settings = {
-        "pixel_size_A": pixel_size_A,
-        "voltage_kV": voltage_kV,
-        "cs_mm": cs_mm,
-        "amp_contrast": amp_contrast,
-        "resolution_band_A": resolution_band_A,
-    }
-    overall = estimate_ctf(micrograph, box_px=box_px, defocus_range_A=defocus_range_A, **settings)
+    fit = functools.partial(
+        estimate_ctf,
+        pixel_size_A=pixel_size_A,
+        voltage_kV=voltage_kV,
+        cs_mm=cs_mm,
+        amp_contrast=amp_contrast,
+        resolution_band_A=resolution_band_A,
+        box_px=box_px,
+    )
+    overall = fit(micrograph, defocus_range_A=defocus_range_A)
     near = (
         overall.defocus_mean_A * (1 - search_fraction),
         overall.defocus_mean_A * (1 + search_fraction),
@@ -517,11 +520,7 @@ def estimate_ctf_patches(
         for ix in range(gx):
             y0, y1 = iy * ny // gy, (iy + 1) * ny // gy
             x0, x1 = ix * nx // gx, (ix + 1) * nx // gx
-            patches.append(
-                estimate_ctf(
-                    micrograph[y0:y1, x0:x1], box_px=box_px, defocus_range_A=near, **settings
-                )
-            )
+            patches.append(fit(micrograph[y0:y1, x0:x1], defocus_range_A=near))
             centres.append(((y0 + y1) / 2.0, (x0 + x1) / 2.0))
     centres_np = np.asarray(centres)
     design = np.column_stack(
