@@ -27,18 +27,23 @@ def _security(auth: str) -> list[dict[str, list[str]]]:
 
 
 def build_openapi(router: web.UrlDispatcher) -> dict[str, Any]:
-    """The OpenAPI document of every named route of ``router`` declared with ``@endpoint``."""
-    routes = [r for r in router.routes() if r.name and r.method != "HEAD"]
+    """The OpenAPI document of every named route of ``router`` declared with ``@endpoint``.
+
+    Routes of other handlers (the console's HTML pages, static files) are not part of the API.
+    """
+    declared = [
+        (route, spec)
+        for route in router.routes()
+        if route.name and route.method != "HEAD" and (spec := spec_of(route.handler)) is not None
+    ]
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
-    for route in routes:
-        spec = spec_of(route.handler)
+    for _, spec in declared:
         models += [(m, "validation") for m in (spec.body, spec.query) if m is not None]
         if spec.response is not None:
             models.append((spec.response, "serialization"))
     refs, defs = models_json_schema(models, ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
-    for route in routes:
-        spec = spec_of(route.handler)
+    for route, spec in declared:
         path = route.resource.canonical if route.resource else ""
         params: list[dict[str, Any]] = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}

@@ -135,9 +135,7 @@ def endpoint(spec: Spec) -> Callable[[View], Handler]:
     return wrap
 
 
-def spec_of(handler: Handler) -> Spec:
-    """The :class:`Spec` an :func:`endpoint` handler was declared with."""
+def spec_of(handler: object) -> Spec | None:
+    """The :class:`Spec` of an :func:`endpoint` handler; None for other handlers (console pages)."""
     spec = getattr(handler, "spec", None)
-    if not isinstance(spec, Spec):
-        raise TypeError(f"handler {handler!r} is not declared with @endpoint")
-    return spec
+    return spec if isinstance(spec, Spec) else None
