@@ -35,7 +35,7 @@ PLOTS = {
 @pytest.fixture
 async def site(
     aiohttp_server: Any, aiohttp_client: Any, mongo_server: Any, mongo_db_name: str, tmp_path: Path
-) -> AsyncIterator[tuple[Any, Any]]:
+) -> tuple[Any, Any]:
     server = await aiohttp_server(create_app(make_settings(mongo_server.uri, mongo_db_name)))
     api = await aiohttp_client(server)
     root = tmp_path / "project"
@@ -47,13 +47,12 @@ async def site(
     ):
         assert (await api.post("/api/v1/projects", json=body, headers=admin())).status == 201
     api.uids = await register_pipeline(api)
-    yield server, api
+    return server, api
 
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    headers = {k: v for k, v in user("mia").items()}
-    driver = await asyncio.to_thread(start_chromium, tmp_path / "chromium-profile", headers)
+    driver = await asyncio.to_thread(start_chromium, tmp_path / "chromium-profile", user("mia"))
     try:
         yield driver
     finally:

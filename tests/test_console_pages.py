@@ -80,6 +80,8 @@ async def test_job_page_shows_the_plots_of_its_outputs(
     for css in classes:
         assert f'class="{css}"' in page
     assert "not shown" not in page
+    if job == "refine-1":
+        assert "FSC: 8.00 Å at 0.143" in page  # the resolution the FSC file encodes
     assert "started" in page  # the log tail
     assert "Run time" in page
 

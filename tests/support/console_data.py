@@ -156,9 +156,9 @@ def write_pipeline(root: Path) -> PipelineTruth:
     )], {})  # fmt: skip
 
     shells = np.arange(1, 17) / (BOX_PX * PIXEL_SIZE_A)
-    # Shift the logistic so that it crosses 0.143 (not 0.5) at 1/FSC_RESOLUTION_A.
-    offset = np.log(1 / 0.143 - 1) / 120.0
-    curve = 1.0 / (1.0 + np.exp((shells - 1.0 / FSC_RESOLUTION_A - offset) * 120.0))
+    # A logistic fall-off through exactly 0.143 at 1/FSC_RESOLUTION_A (a shell frequency).
+    logit = np.log(1 / 0.143 - 1)
+    curve = 1.0 / (1.0 + np.exp((shells - 1.0 / FSC_RESOLUTION_A) * 120.0 + logit))
     fsc = _npy(root, "refine-1/volume_fsc.npy", np.stack([shells, curve]))
     vol = _mrc(root, "refine-1/volume.mrc", volume)
     _manifest(
