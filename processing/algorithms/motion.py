@@ -574,15 +574,15 @@ def _corrected_sums(
     fraction = xp.asarray(trajectories_host - integer, dtype=np.float32)
     win = (core_y + 2 * margin, core_x + 2 * margin)
     weights = None if exposures is None else dose_weights(win, pixel_size_A, exposures)
-    corrected = [xp.asarray(frames[i], dtype=np.float32) for i in range(n_frames)]
-    means = [xp.mean(c) for c in corrected]
+    # Windows are cut from the input frames directly: no float32 copy of the whole movie.
+    means = [xp.mean(frames[i], dtype=np.float32) for i in range(n_frames)]
     weighted = xp.zeros((ny, nx), dtype=np.float32)
     plain = xp.zeros((ny, nx), dtype=np.float32)
     for tile, (top, left) in enumerate((t, le) for t in tops for le in lefts):
         stack = xp.stack(
             [
                 _window(
-                    corrected[i],
+                    frames[i],
                     top - margin + int(integer[tile, i, 0]),
                     left - margin + int(integer[tile, i, 1]),
                     *win,
