@@ -49,7 +49,8 @@ def test_wheel_installs_and_imports_every_module(repo_root: Path, tmp_path: Path
     bin_dir = Path(sys.executable).parent
     dist = tmp_path / "dist"
     subprocess.run(
-        [str(bin_dir / "uv"), "build", "--wheel", "--out-dir", str(dist), str(repo_root)],
+        # sdist first, then the wheel from the sdist: checks both, and leaves no build/ behind
+        [str(bin_dir / "uv"), "build", "--out-dir", str(dist), str(repo_root)],
         check=True,
         capture_output=True,
     )
