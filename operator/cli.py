@@ -199,14 +199,24 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+async def serve(state: Path, *, port: int, mongo_port: int, slots: int) -> None:
+    """The metadata service and the local controller, until cancelled."""
+    from cryokube.operator.local.service import local_service
+
+    async with local_service(state, port=port, mongo_port=mongo_port) as (url, link):
+        store = ResourceStore(state)
+        controller = LocalController(
+            store, slots=slots, link=link, metadata_url=url, log_dir=state / "logs"
+        )
+        print(f"cryokube up: metadata service and console at {url} (state {state.resolve()})")
+        print(f"apply manifests with `cryokube --state {state} apply -f FILE`; Ctrl-C stops")
+        await controller.run(interval_s=0.5)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     state = _state_dir(args)
-    store = ResourceStore(state)
-    controller = LocalController(store, slots=args.slots, log_dir=state / "logs")
-    print(f"cryokube runner: state in {state.resolve()}; apply manifests with "
-          f"`cryokube --state {state} apply -f FILE`; Ctrl-C stops")  # fmt: skip
     try:
-        asyncio.run(controller.run(interval_s=0.5))
+        asyncio.run(serve(state, port=args.port, mongo_port=args.mongo_port, slots=args.slots))
     except KeyboardInterrupt:
         return 0
     return 0
@@ -243,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             p.add_argument("-f", "--follow", action="store_true", help="until the Job ends")
 
-    up = sub.add_parser("up", help="run Jobs as they are applied, until Ctrl-C")
+    up = sub.add_parser("up", help="serve the metadata service and run Jobs as they are applied")
     up.add_argument("--slots", type=int, default=1, help="Jobs that may run at once")
+    up.add_argument("--port", type=int, default=8080, help="service and console port (loopback)")
+    up.add_argument("--mongo-port", type=int, default=27817, help="embedded nx-27017 port")
 
     demo = sub.add_parser("demo", help="run the whole pipeline on simulated movies")
     demo.add_argument("--size", choices=["small", "default"], default="default")

@@ -53,3 +53,93 @@ class NoMetadata:
 
     async def close(self) -> None:
         """Do nothing: no connection is held."""
+
+
+def _quantity_to_cpus(value: str) -> float:
+    """Kubernetes CPU quantity (``"2"``, ``"500m"``) in cores."""
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+_MEMORY_UNITS = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2, "K": 1e3 / 2**20,
+                 "M": 1e6 / 2**20, "G": 1e9 / 2**20, "T": 1e12 / 2**20}  # fmt: skip
+
+
+def _quantity_to_MiB(value: str) -> int:
+    """Kubernetes memory quantity (``"8Gi"``, ``"512Mi"``, ``"1G"``) in MiB (at least 1)."""
+    for suffix in sorted(_MEMORY_UNITS, key=len, reverse=True):
+        if value.endswith(suffix):
+            return max(1, round(float(value[: -len(suffix)]) * _MEMORY_UNITS[suffix]))
+    return max(1, round(float(value) / 2**20))
+
+
+class HttpMetadata:
+    """The link to a running metadata service, over its REST API with the service token.
+
+    Worker tokens are minted here with the service's HMAC key (the operator and the service
+    share the ``CRYOKUBE_TOKEN_SECRET`` Secret), scoped to the job's UID and valid for
+    ``token_ttl_s``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        service_token: str,
+        token_secret: str,
+        token_ttl_s: int = 7 * 24 * 3600,
+    ) -> None:
+        from .metadata.client import MetadataClient
+
+        self.client = MetadataClient(url, service_token=service_token)
+        self.token_secret = token_secret
+        self.token_ttl_s = token_ttl_s
+
+    async def register_project(self, project: ProjectResource) -> None:
+        from .metadata.models import ProjectCreate
+
+        members = project.spec.members
+        await self.client.register_project(
+            ProjectCreate(
+                name=project.metadata.name,
+                members=[m.name for m in members if m.kind == "User"],
+                groups=[m.name for m in members if m.kind == "Group"],
+                storage_root=project.spec.storage.path,
+            )
+        )
+
+    async def register_job(self, job: JobResource) -> str:
+        from .metadata.models import JobCreate, JobInput, Resources
+        from .metadata.tokens import mint_job_token
+
+        spec = job.spec
+        await self.client.register_job(
+            JobCreate(
+                uid=job.metadata.uid,
+                name=job.metadata.name,
+                project=spec.project,
+                job_type=spec.type,
+                lane=spec.queue or "default",
+                resources=Resources(
+                    gpus=job.gpus_total(),
+                    cpus=_quantity_to_cpus(spec.resources.cpu),
+                    memory_MiB=_quantity_to_MiB(spec.resources.memory),
+                ),
+                parameters=spec.params,
+                inputs=[JobInput(job=i.job, output=i.output) for i in spec.inputs],
+            )
+        )
+        return mint_job_token(
+            self.token_secret, project=spec.project, job=job.metadata.uid, ttl_s=self.token_ttl_s
+        )
+
+    async def mark_job(self, job: JobResource, phase: str) -> None:
+        from .metadata.models import JobStatus, JobUpdate
+
+        await self.client.update_job(job.metadata.uid, JobUpdate(status=JobStatus(phase)))
+
+    async def progress_percent(self, job: JobResource) -> int | None:
+        record = await self.client.get_job(job.metadata.uid)
+        return round(100 * record.progress)
+
+    async def close(self) -> None:
+        await self.client.close()
