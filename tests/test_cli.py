@@ -102,3 +102,19 @@ def test_progress_display_redraws_on_a_terminal() -> None:
     text = out.getvalue()
     assert "\x1b[1F" in text  # moved up one line to redraw
     assert "[##################------]  75%  Running" in text
+
+
+def test_every_example_applies_locally(
+    repo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = repo_root / "examples"
+    files = sorted(examples.rglob("*.yaml"))
+    n_documents = sum(1 for f in files for doc in f.read_text().split("\n---") if "kind:" in doc)
+    args = ["--state", str(tmp_path / "state"), "apply"]
+    for folder in sorted({f.parent for f in files}):
+        args += ["-f", str(folder)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == n_documents
+    assert all(line.endswith(" configured") for line in lines)
+    assert "project.cryokube.io/apoferritin configured" in lines
