@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from cryokube.operator.metadata.app import create_app
+from cryokube.operator.metadata.settings import Settings
+from pydantic import ValidationError
 from support.metadata_app import OPERATOR, PROXY_SECRET, admin, make_settings, user, worker
 
 pytestmark = pytest.mark.mongo
@@ -263,3 +265,42 @@ async def test_unauthenticated_endpoints_expose_no_project_data(api: Any) -> Non
     assert "/rpc/v1/jobs/{uid}/events" in doc["paths"]
     assert doc["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert "JobCreate" in doc["components"]["schemas"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"proxy_secret": None, "trusted_proxies": ("127.0.0.0/8",)}, 200),
+        ({"proxy_secret": None, "trusted_proxies": ("10.0.0.0/8",)}, 401),
+        ({"proxy_secret": None}, 401),
+    ],
+)
+async def test_proxy_trusted_by_source_address_only_when_configured(
+    aiohttp_client: Any,
+    mongo_server: Any,
+    mongo_db_name: str,
+    overrides: dict[str, Any],
+    expected: int,
+) -> None:
+    settings = make_settings(mongo_server.uri, mongo_db_name, **overrides)
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/api/v1/me", headers={"X-Forwarded-User": "mia"})
+    assert resp.status == expected
+
+
+def test_settings_from_environment() -> None:
+    env = {
+        "MONGODB_URI": "mongodb://db:27017/?replicaSet=rs0",
+        "CRYOKUBE_TOKEN_SECRET": "k" * 32,
+        "CRYOKUBE_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7",
+        "CRYOKUBE_ADMIN_GROUPS": "ops,admins",
+    }
+    settings = Settings.from_env(env)
+    assert settings.mongodb_uri == env["MONGODB_URI"]
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.7")
+    assert settings.admin_groups == ("ops", "admins")
+    assert settings.proxy_secret is None
+    with pytest.raises(ValidationError, match="token_secret"):
+        Settings.from_env({"CRYOKUBE_TOKEN_SECRET": "short"})
+    with pytest.raises(ValidationError, match="trusted_proxies"):
+        Settings.from_env({**env, "CRYOKUBE_TRUSTED_PROXIES": "not-an-address"})
