@@ -224,7 +224,8 @@ async def create_job(request: web.Request) -> web.StreamResponse:
     """Validate the form against the catalog and register the job; 303 to its page."""
     who = await user_identity(request)
     project = await request.app[PROJECTS].get(who, request.match_info["project"])
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    posted = await request.post()
+    form = {k: v for k, v in posted.items() if isinstance(v, str)}
     secret = request.app[SETTINGS].token_secret
     if not _same_origin(request) or not csrf_valid(secret, who.name, form.get(CSRF_FIELD)):
         raise Forbidden("the form's CSRF token or origin is not valid; reload the form")
@@ -233,10 +234,9 @@ async def create_job(request: web.Request) -> web.StreamResponse:
         chosen = catalog.get(job_type)
     except catalog.UnknownJobTypeError:
         raise NotFound(f"job type {job_type!r} is not in the catalog") from None
-    multi = await request.post()
     inputs = []
     for slot in chosen.inputs:
-        for ref in multi.getall(f"input.{slot.name}", []):
+        for ref in posted.getall(f"input.{slot.name}", []):
             if isinstance(ref, str) and ref:
                 source, _, output = ref.partition("/")
                 inputs.append({"job": source, "output": output})
