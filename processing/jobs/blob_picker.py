@@ -36,6 +36,12 @@ class Params(JobParams):
         1.0, description="Minimum distance between picks, in particle diameters", ge=0.1, le=10.0
     )
     max_num_hits: int = param(4000, description="Most picks kept per micrograph", ge=1, le=100000)
+    min_score: float = param(
+        7.0,
+        description="Lowest pick score kept, in robust standard deviations of the blob response",
+        ge=0.0,
+        le=1000.0,
+    )
     use_elliptical: bool = param(False, description="Also match elliptical blobs")
 
     @model_validator(mode="after")
@@ -66,6 +72,7 @@ def run(ctx: JobContext) -> None:
             lowpass_A=p.lowpass_res_A,
             min_separation_A=p.min_separation * p.diameter_min_A,
             max_picks=p.max_num_hits,
+            min_score=p.min_score,
         )
 
     run_picker(ctx, micrographs, pick)

@@ -36,6 +36,12 @@ class Params(JobParams):
         0.5, description="Minimum distance between picks, in particle diameters", ge=0.1, le=10.0
     )
     max_num_hits: int = param(4000, description="Most picks kept per micrograph", ge=1, le=100000)
+    min_score: float = param(
+        0.2,
+        description="Lowest normalised cross-correlation of a pick with its template",
+        ge=-1.0,
+        le=1.0,
+    )
 
 
 def _load_templates(ctx: JobContext, templates: Dataset) -> tuple[npt.NDArray[np.float32], float]:
@@ -94,6 +100,7 @@ def run(ctx: JobContext) -> None:
             ctf=micrograph_ctf(micrographs, index),
             min_separation_A=p.min_separation * p.diameter_A,
             max_picks=p.max_num_hits,
+            min_score=p.min_score,
         )
 
     run_picker(ctx, micrographs, pick)
