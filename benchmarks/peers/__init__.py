@@ -1,0 +1,254 @@
+"""Peer tools for the pre-processing benchmarks, installed into ``benchmarks/.peers/`` on demand.
+
+- RELION 3.1.3 from Debian: ``apt-get download`` of ``relion`` and the libraries it needs that
+  this machine lacks, unpacked with ``dpkg -x`` into ``.peers/relion`` (no system install);
+  run with ``LD_LIBRARY_PATH`` pointing there.
+- ASPIRE from PyPI: ``uv pip install --target .peers/aspire aspire``, run in a child Python
+  with that folder first on ``PYTHONPATH``.
+
+Every runner returns a :class:`PeerResult`; when a peer cannot be installed or fails, its
+``seconds`` is None and ``notes`` says why, so the benchmark still reports our own figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from harness import run_process
+
+PEERS = Path(__file__).resolve().parents[1] / ".peers"
+REPO = PEERS.parents[1]
+
+
+@dataclass
+class PeerResult:
+    """One peer run: wall seconds, accuracy in the benchmark's unit, peak RSS, notes."""
+
+    name: str
+    seconds: float | None = None
+    accuracy: float | None = None
+    peak_MB: float | None = None
+    notes: str = ""
+
+
+def _tail(text: str, n: int = 300) -> str:
+    return " ".join(text.split())[-n:]
+
+
+def relion_root() -> Path | str:
+    """Unpack RELION 3.1.3 and its missing libraries; the root folder, or why it failed."""
+    root = PEERS / "relion"
+    if (root / "usr" / "bin" / "relion_run_motioncorr").exists():
+        return root
+    debs = PEERS / "relion-debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    plan = subprocess.run(
+        ["apt-get", "install", "--simulate", "-y", "relion"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    packages = re.findall(r"^Inst (\S+)", plan.stdout, flags=re.MULTILINE)
+    if not packages:
+        return f"apt-get cannot plan relion: {_tail(plan.stdout + plan.stderr)}"
+    download = subprocess.run(
+        ["apt-get", "download", *packages], cwd=debs, check=False, capture_output=True, text=True
+    )
+    if download.returncode != 0:
+        return f"apt-get download failed: {_tail(download.stderr)}"
+    for deb in sorted(debs.glob("*.deb")):
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+def _relion_env(root: Path) -> dict[str, str]:
+    libs = [root / "usr" / "lib" / "x86_64-linux-gnu", root / "usr" / "lib"]
+    libs += list((root / "usr" / "lib" / "x86_64-linux-gnu" / "openmpi").glob("lib"))
+    return {
+        "LD_LIBRARY_PATH": ":".join(str(p) for p in libs),
+        "PATH": f"{root / 'usr' / 'bin'}:{os.environ.get('PATH', '')}",
+        "OMPI_MCA_plm": "isolated",
+    }
+
+
+def _star_table(path: Path, block: str) -> dict[str, list[str]]:
+    """Columns of one block of a STAR file (a minimal reader for RELION's outputs)."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"data_{block}")
+    names: list[str] = []
+    rows: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        text = line.strip()
+        if text.startswith("data_"):
+            break
+        if text.startswith("_rln"):
+            names.append(text.split()[0][1:])
+        elif text and not text.startswith(("loop_", "#")) and names:
+            rows.append(text.split())
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def _trajectory_rms_px(found: np.ndarray, truth: np.ndarray) -> float:
+    """RMS trajectory error (px) after removing the mean offset, for the best sign per axis.
+
+    A tool may report the drift or the correction that undoes it, and RELION's y axis points
+    the other way from array rows, so each axis's sign is taken as the one that fits best.
+    """
+    errors = []
+    for signs in ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)):
+        error = np.asarray(signs) * found - truth
+        error -= error.mean(axis=0)
+        errors.append(float(np.sqrt(np.mean(np.sum(error**2, axis=1)))))
+    return min(errors)
+
+
+def relion_motioncorr(
+    movie: Path, *, pixel_size_A: float, dose: float, truth_shifts_px: np.ndarray
+) -> PeerResult:
+    """``relion_run_motioncorr --use_own --j 2`` on one movie, global trajectory vs truth."""
+    name = "RELION 3.1.3 relion_run_motioncorr --use_own --j 2"
+    root = relion_root()
+    if isinstance(root, str):
+        return PeerResult(name, notes=root)
+    work = movie.parent
+    (work / "movies.star").write_text(
+        "data_optics\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\n"
+        "_rlnMicrographOriginalPixelSize #3\n_rlnVoltage #4\n_rlnSphericalAberration #5\n"
+        f"_rlnAmplitudeContrast #6\nopticsGroup1 1 {pixel_size_A} 300 2.7 0.1\n\n"
+        f"data_movies\nloop_\n_rlnMicrographMovieName #1\n_rlnOpticsGroup #2\n{movie.name} 1\n"
+    )
+    run = run_process(
+        [
+            "relion_run_motioncorr",
+            "--i", "movies.star", "--o", "relion/", "--use_own", "--j", "2",
+            "--bfactor", "150", "--patch_x", "5", "--patch_y", "5",
+            "--dose_weighting", "--dose_per_frame", str(dose), "--preexposure", "0",
+        ],
+        cwd=work,
+        env=_relion_env(root),
+        timeout_s=3600,
+    )  # fmt: skip
+    out = work / "relion" / f"{movie.stem}.star"
+    if run.returncode != 0 or not out.exists():
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
+    shifts = _star_table(out, "global_shift")
+    dx = np.asarray(shifts["rlnMicrographShiftX"], dtype=float)
+    dy = np.asarray(shifts["rlnMicrographShiftY"], dtype=float)
+    return PeerResult(
+        name,
+        seconds=run.wall_s,
+        peak_MB=run.peak_rss_MB,
+        notes="ran",
+        accuracy=_trajectory_rms_px(np.stack([dy, dx], axis=1), truth_shifts_px),
+    )
+
+
+def relion_autopick_log(
+    images: Sequence[np.ndarray],
+    truths_yx: Sequence[np.ndarray],
+    folder: Path,
+    *,
+    pixel_size_A: float,
+    diameter_range_A: tuple[float, float],
+    match_radius_px: float,
+) -> PeerResult:
+    """``relion_autopick --LoG`` on the micrographs; worst min(precision, recall) vs truth."""
+    from cryokube.processing.io.mrc import write_mrc
+    from scipy.spatial import cKDTree
+
+    name = "RELION 3.1.3 relion_autopick --LoG"
+    root = relion_root()
+    if isinstance(root, str):
+        return PeerResult(name, notes=root)
+    lines = [
+        "data_optics", "loop_", "_rlnOpticsGroupName #1", "_rlnOpticsGroup #2",
+        "_rlnMicrographPixelSize #3", "_rlnVoltage #4", "_rlnSphericalAberration #5",
+        "_rlnAmplitudeContrast #6", f"opticsGroup1 1 {pixel_size_A} 300 2.7 0.1", "",
+        "data_micrographs", "loop_", "_rlnMicrographName #1", "_rlnOpticsGroup #2",
+    ]  # fmt: skip
+    for i, image in enumerate(images):
+        write_mrc(folder / f"mic_{i}.mrc", image, pixel_size_A=pixel_size_A)
+        lines.append(f"mic_{i}.mrc 1")
+    (folder / "micrographs.star").write_text("\n".join(lines) + "\n")
+    run = run_process(
+        [
+            "relion_autopick", "--i", "micrographs.star", "--odir", "picks/",
+            "--pickname", "autopick", "--LoG", "--LoG_diam_min", str(diameter_range_A[0]),
+            "--LoG_diam_max", str(diameter_range_A[1]), "--shrink", "0", "--lowpass", "20",
+            "--LoG_adjust_threshold", "0", "--angpix", str(pixel_size_A),
+        ],
+        cwd=folder,
+        env=_relion_env(root),
+        timeout_s=3600,
+    )  # fmt: skip
+    if run.returncode != 0:
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
+    scores = []
+    for i, truth in enumerate(truths_yx):
+        found = list((folder / "picks").glob(f"mic_{i}_autopick.star"))
+        if not found:
+            return PeerResult(name, notes=f"no picks file for mic_{i}: {_tail(run.output)}")
+        table = _star_table(found[0], "")
+        picks = np.stack(
+            [
+                np.asarray(table["rlnCoordinateY"], dtype=float),
+                np.asarray(table["rlnCoordinateX"], dtype=float),
+            ],
+            axis=1,
+        )
+        distance, nearest = cKDTree(truth).query(picks)
+        matched = len(set(nearest[distance < match_radius_px].tolist()))
+        scores.append(min(matched / max(len(picks), 1), matched / len(truth)))
+    return PeerResult(
+        name, seconds=run.wall_s, accuracy=min(scores), peak_MB=run.peak_rss_MB, notes="ran"
+    )
+
+
+def aspire_ctf(
+    folder: Path,
+    defoci_A: Sequence[float],
+    *,
+    pixel_size_A: float,
+    voltage_kV: float,
+    cs_mm: float,
+    amp_contrast: float,
+) -> PeerResult:
+    """``aspire.ctf.estimate_ctf`` on every ``mic_{i}.mrc`` of ``folder`` (psd 512, 30-5 A)."""
+    name = "ASPIRE estimate_ctf"
+    target = PEERS / "aspire"
+    if not (target / "aspire").is_dir():
+        install = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "uv"), "pip", "install", "--python", sys.executable,
+             "--target", str(target), "aspire"],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        if install.returncode != 0:
+            return PeerResult(name, notes=f"pip install aspire failed: {_tail(install.stderr)}")
+    script = (
+        "import json, sys\n"
+        "from aspire.ctf import estimate_ctf\n"
+        f"r = estimate_ctf({str(folder)!r}, pixel_size={pixel_size_A}, cs={cs_mm}, "
+        f"amplitude_contrast={amp_contrast}, voltage={voltage_kV}, num_tapers=2, psd_size=512, "
+        f"g_min=30, g_max=5, output_dir={str(folder / 'aspire')!r})\n"
+        "print('RESULT' + json.dumps({k: (float(v['defocus_u']), float(v['defocus_v'])) "
+        "for k, v in r.items()}))\n"
+    )
+    run = run_process(
+        [sys.executable, "-c", script], env={"PYTHONPATH": str(target)}, timeout_s=3600
+    )
+    match = re.search(r"RESULT(\{.*\})", run.output)
+    if run.returncode != 0 or match is None:
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
+    found = json.loads(match.group(1))
+    errors = [abs(0.5 * sum(found[f"mic_{i}.mrc"]) / d - 1) * 100 for i, d in enumerate(defoci_A)]
+    return PeerResult(
+        name, seconds=run.wall_s, accuracy=max(errors), peak_MB=run.peak_rss_MB, notes="ran"
+    )
