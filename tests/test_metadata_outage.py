@@ -94,3 +94,5 @@ async def test_clients_drive_a_job_end_to_end(
             await operator.get_job("nope")
         assert missing.value.status == 404
         assert not isinstance(missing.value, MetadataUnavailable)
+        await operator.register_job(job.model_copy(update={"uid": "u-2"}))
+        assert (await operator.cancel_job("u-2")).status is JobStatus.CANCELLED

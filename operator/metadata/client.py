@@ -136,6 +136,10 @@ class MetadataClient(_Base):
         """The job with its status history and latest progress."""
         return await self._call("GET", f"/api/v1/jobs/{uid}", Job)
 
+    async def cancel_job(self, uid: str) -> Job:
+        """Mark the job Cancelled (the operator's finalizer, when a Job resource is deleted)."""
+        return await self._call("POST", f"/api/v1/jobs/{uid}/cancel", Job)
+
 
 class JobRpcClient(_Base):
     """Worker RPC for one job, authenticated by that job's token.
