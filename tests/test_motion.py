@@ -180,3 +180,19 @@ def test_bad_parameters_name_the_field(kwargs: dict[str, object], field: str) ->
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=field):
         align_movie(frames, **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu() -> None:
+    """The same code on CuPy arrays gives the CPU trajectory (skipped without a GPU)."""
+    from cryokube.processing.backend import gpu_available, to_device, to_host
+
+    if not gpu_available():
+        pytest.skip("CuPy with a CUDA device is not available")
+    movie = simulate_movie(shape=(256, 256), n_frames=12, total_drift_px=4.0, seed=2)
+    frames = _corrected(movie)
+    kwargs = {"pixel_size_A": 1.0, "dose_per_frame_e_per_A2": 1.0, "patch_grid": (2, 2)}
+    cpu = align_movie(frames, **kwargs)  # type: ignore[arg-type]
+    gpu = align_movie(to_device(frames, "gpu"), **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_allclose(to_host(gpu.global_shifts_px), cpu.global_shifts_px, atol=0.02)
+    np.testing.assert_allclose(to_host(gpu.micrograph), cpu.micrograph, rtol=1e-3, atol=1e-2)

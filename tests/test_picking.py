@@ -125,3 +125,16 @@ def test_bad_parameters_name_the_field(kwargs: dict[str, object], field: str) ->
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=field):
         pick_blobs(np.zeros((64, 64), dtype=np.float32), **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu(micrograph: Micrograph) -> None:
+    """The same picks on CuPy arrays (skipped without a GPU)."""
+    from cryokube.processing.backend import gpu_available, to_device, to_host
+
+    if not gpu_available():
+        pytest.skip("CuPy with a CUDA device is not available")
+    kwargs = {"pixel_size_A": PIXEL_A, "diameter_range_A": (50.0, 80.0)}
+    cpu = pick_blobs(micrograph.image, **kwargs)  # type: ignore[arg-type]
+    gpu = pick_blobs(to_device(micrograph.image, "gpu"), **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_allclose(to_host(gpu.centres_px), cpu.centres_px)
