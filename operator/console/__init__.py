@@ -6,6 +6,11 @@ service's application; the app factory calls it. Pages authenticate like the API
 user sees exactly the projects the API shows them.
 """
 
+from cryokube.operator.console.submit import (
+    JobSubmitter,
+    LocalStoreSubmitter,
+    set_job_submitter,
+)
 from cryokube.operator.console.views import setup_console
 
-__all__ = ["setup_console"]
+__all__ = ["JobSubmitter", "LocalStoreSubmitter", "set_job_submitter", "setup_console"]

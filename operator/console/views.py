@@ -40,6 +40,7 @@ from ..metadata.services.access import Identity
 from .figures import Figure, job_figures, read_job_manifest
 from .forms import CSRF_FIELD, csrf_token, csrf_valid, form_fields, params_from_form
 from .graph import STATUS_COLOURS, Node, job_graph_svg
+from .submit import SUBMITTER, job_resource
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
@@ -221,7 +222,9 @@ def _same_origin(request: web.Request) -> bool:
 
 
 async def create_job(request: web.Request) -> web.StreamResponse:
-    """Validate the form against the catalog and register the job; 303 to its page."""
+    """Validate the form against the catalog, then submit the Job resource (303 to the project
+    page, where the runner's registration shows it) or, without a submitter, register the job
+    directly (303 to its page)."""
     who = await user_identity(request)
     project = await request.app[PROJECTS].get(who, request.match_info["project"])
     posted = await request.post()
@@ -254,8 +257,21 @@ async def create_job(request: web.Request) -> web.StreamResponse:
             for e in exc.errors(include_url=False)
         ]
         return await _form(request, who, project, job_type, values=form, errors=errors, status=422)
-    created, _ = await request.app[JOBS].register(who, job)
-    raise web.HTTPSeeOther(f"{PREFIX}/jobs/{created.uid}")
+    submitter = request.app.get(SUBMITTER)
+    if submitter is None:
+        created, _ = await request.app[JOBS].register(who, job)
+        raise web.HTTPSeeOther(f"{PREFIX}/jobs/{created.uid}")
+    resource = job_resource(
+        project=project.name, name=job.name, job_type=job.job_type,
+        params=job.parameters, inputs=[i.model_dump() for i in job.inputs],
+    )  # fmt: skip
+    try:
+        await submitter.submit(resource)
+    except ValueError as exc:
+        return await _form(
+            request, who, project, job_type, values=form, errors=[str(exc)], status=422
+        )
+    raise web.HTTPSeeOther(f"{PREFIX}/projects/{project.name}#job-{job.name}")
 
 
 async def index(_request: web.Request) -> web.StreamResponse:
