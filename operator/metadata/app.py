@@ -16,7 +16,6 @@ from aiohttp import web
 
 from ..console import setup_console
 from .embedded import EmbeddedMongo
-from .errors import MetadataError
 from .keys import HUB, JOBS, METRICS, PROJECTS, REPOS, SETTINGS, SHUTDOWN, WORKER
 from .metrics import Metrics
 from .middlewares import errors_middleware, metrics_middleware
@@ -89,7 +88,7 @@ async def _follow_events(app: web.Application) -> None:
                 poll_interval_s=settings.poll_interval_s,
             )
             await app[HUB].run(feed, repos.feed_state, stop=stop)
-        except (MetadataError, OSError):
+        except Exception:
             log.warning("event change feed stopped; reopening in %.1f s", delay_s, exc_info=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay_s)

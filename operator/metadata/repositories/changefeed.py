@@ -66,14 +66,25 @@ class ChangeStreamFeed:
         resume = None if resume_token is None else json.loads(resume_token)
         pipeline = [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
         wait_ms = max(1, int(self._interval_s * 1000))
-        stream = await self._store.run(
-            lambda: self._col.watch(
-                pipeline,
-                full_document="updateLookup",
-                resume_after=resume,
-                max_await_time_ms=wait_ms,
+
+        async def open_stream(after: Any) -> Any:
+            return await self._store.run(
+                lambda: self._col.watch(
+                    pipeline,
+                    full_document="updateLookup",
+                    resume_after=after,
+                    max_await_time_ms=wait_ms,
+                )
             )
-        )
+
+        try:
+            stream = await open_stream(resume)
+        except OperationFailure:
+            if resume is None:
+                raise
+            # The token fell out of the server's history (or came from another server): start
+            # from now. Subscribers re-read events by ``seq``, so no event is lost, only a wake-up.
+            stream = await open_stream(None)
         try:
             while not stop.is_set():
                 event = await self._store.run(stream.try_next)

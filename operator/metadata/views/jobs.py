@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 
 from aiohttp import web
 from pydantic import RootModel
 
+from ..errors import MetadataError
 from ..keys import HUB, JOBS, SETTINGS, SHUTDOWN
 from ..models import (
     TERMINAL,
@@ -23,6 +26,8 @@ from ..models import (
     Page,
 )
 from .base import Call, Reply, Result, Spec, endpoint
+
+log = logging.getLogger(__name__)
 
 
 class EventList(RootModel[list[Event]]):
@@ -97,7 +102,7 @@ async def stream_events(call: Call) -> Result:
     A reconnecting client's ``Last-Event-ID`` header resumes after that sequence number.
     """
     app = call.request.app
-    jobs, hub, settings = app[JOBS], app[HUB], app[SETTINGS]
+    jobs, hub = app[JOBS], app[HUB]
     uid = call.path["uid"]
     job = await jobs.get(call.user, uid)
     last = call.query.after_seq
@@ -109,26 +114,40 @@ async def stream_events(call: Call) -> Result:
     flag = hub.subscribe(uid)
     try:
         await response.prepare(call.request)
-        while not app[SHUTDOWN].is_set():
-            flag.clear()
-            query = EventQuery(after_seq=last, limit=call.query.limit)
-            events = await jobs.events(call.user, uid, query)
-            for event in events:
-                data = event.model_dump_json(exclude_none=True)
-                await response.write(
-                    f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
-                )
-                last = event.seq
-            if events:
-                continue
-            if job.status in TERMINAL:
-                await response.write(b"event: end\ndata: {}\n\n")
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(flag.wait(), settings.sse_keepalive_s)
-            if not flag.is_set():
-                await response.write(b": keepalive\n\n")
-            job = await jobs.get(call.user, uid)
+        await _stream(call, response, flag, job, last)
+    except ConnectionResetError:
+        log.debug("event stream of %s: client went away", uid)
+    except MetadataError as exc:
+        # Headers are sent: report the failure in-band; the client reconnects with Last-Event-ID.
+        await response.write(
+            f"event: error\ndata: {json.dumps({'error': exc.reason})}\n\n".encode()
+        )
     finally:
         hub.unsubscribe(uid, flag)
     return response
+
+
+async def _stream(
+    call: Call, response: web.StreamResponse, flag: asyncio.Event, job: Job, last: int
+) -> None:
+    """Write events after ``last`` as they arrive until the job has finished and is drained."""
+    app = call.request.app
+    jobs, settings, uid = app[JOBS], app[SETTINGS], call.path["uid"]
+    while not app[SHUTDOWN].is_set():
+        flag.clear()
+        query = EventQuery(after_seq=last, limit=call.query.limit)
+        events = await jobs.events(call.user, uid, query)
+        for event in events:
+            data = event.model_dump_json(exclude_none=True)
+            await response.write(f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode())
+            last = event.seq
+        if events:
+            continue
+        if job.status in TERMINAL:
+            await response.write(b"event: end\ndata: {}\n\n")
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(flag.wait(), settings.sse_keepalive_s)
+        if not flag.is_set():
+            await response.write(b": keepalive\n\n")
+        job = await jobs.get(call.user, uid)
