@@ -100,6 +100,7 @@ async def test_form_shows_units_defaults_and_bounds(api: Any) -> None:
     page = await _html(api, "/console/projects/apo/new?type=ctf_estimation")
     assert re.search(r'name="param.res_max_align"[^>]*max="100.0"[^>]*value="4.0"', page)
     assert '<td class="unit">A</td>' in page
+    assert "Lowest resolution fitted (A) (0.0 … 1000.0]; default 25.0" in page  # exclusive min
     assert '<option value="motion-1/micrographs">' in page
     await _html(api, "/console/projects/apo/new?type=no_such_job", status=404)
 

@@ -22,7 +22,7 @@ _CSRF_CONTEXT = b"cryokube-console-csrf:"
 
 @dataclass(frozen=True)
 class FormField:
-    """One parameter input: HTML type, bounds, default, unit and help text."""
+    """One parameter input: HTML type, bounds (inclusive unless marked), default, unit, help."""
 
     name: str
     kind: str
@@ -32,6 +32,8 @@ class FormField:
     required: bool
     minimum: float | None = None
     maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
     choices: tuple[str, ...] = ()
 
     @property
@@ -74,6 +76,8 @@ def form_fields(model: type[JobParams]) -> list[FormField]:
                 required=name in required and not nullable,
                 minimum=minimum,
                 maximum=maximum,
+                exclusive_minimum="exclusiveMinimum" in prop,
+                exclusive_maximum="exclusiveMaximum" in prop,
                 choices=tuple(str(c) for c in prop.get("enum", ())),
             )
         )

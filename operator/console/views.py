@@ -46,7 +46,8 @@ HERE = Path(__file__).parent
 PREFIX = "/console"
 ENV = web.AppKey("console_templates", jinja2.Environment)
 PAGE_SIZE = 500
-LOG_TAIL = 200
+LOG_PAGE = 200
+"""Events rendered with a job page; the live stream sends every later one from there."""
 SECURITY_HEADERS = {
     # Scripts and styles only from our static folder; plots are inline SVG with data: images.
     "Content-Security-Policy": (
@@ -139,7 +140,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
     service = request.app[JOBS]
     job = await service.get(who, request.match_info["uid"])
     project = await request.app[PROJECTS].get(who, job.project)
-    events = await service.events(who, job.uid, EventQuery(limit=LOG_TAIL))
+    events = await service.events(who, job.uid, EventQuery(limit=LOG_PAGE))
     outputs = await service.outputs(who, job.uid)
     figures, note = await asyncio.to_thread(_storage_figures, project, job)
     times = sorted(job.status_times.items(), key=lambda kv: kv[1])
