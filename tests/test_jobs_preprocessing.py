@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryokube.processing.algorithms.picking import templates_from_volume
+from cryokube.processing.backend import gpu_available
 from cryokube.processing.datasets import Dataset, concatenate, load_cs, save_cs
 from cryokube.processing.geometry import euler_to_matrix
 from cryokube.processing.io.mrc import read_mrc, write_mrc
@@ -448,3 +449,35 @@ def test_bad_input_exits_2_naming_the_parameter(
     assert any(message in m for m in errors)
     assert not (root / "bad" / "manifest.json").exists()
     assert not (root / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="CuPy with a CUDA device is not available")
+def test_gpu_jobs_match_cpu(project: Project, chain: dict[str, dict[str, Any]]) -> None:
+    """Motion correction and extraction with CRYOKUBE_DEVICE=gpu give the CPU results."""
+    root = project.root
+    for job, job_type, params, inputs in (
+        ("motion-gpu", "motion_correction", MOTION, ("import/movies",)),
+        ("extract-gpu", "extract_particles", EXTRACT, ("ctf/micrographs", "blob/particles")),
+    ):
+        result = run_worker(root, job, job_type, params, *inputs, CRYOKUBE_DEVICE="gpu")
+        assert result.returncode == 0, result.stderr
+    gpu = output(
+        root, json.loads((root / "motion-gpu" / "manifest.json").read_text()), "micrographs"
+    )
+    cpu = output(root, chain["motion"], "micrographs")
+    np.testing.assert_allclose(
+        gpu["rigid_motion/drift_total_px"], cpu["rigid_motion/drift_total_px"], atol=0.05
+    )
+    manifest = json.loads((root / "extract-gpu" / "manifest.json").read_text())
+    gpu_particles = output(root, manifest, "particles")
+    cpu_particles = output(root, chain["extract"], "particles")
+    np.testing.assert_array_equal(gpu_particles.uid, cpu_particles.uid)
+    for path_gpu, path_cpu in zip(
+        sorted(set(gpu_particles.strings("blob/path"))),
+        sorted(set(cpu_particles.strings("blob/path"))),
+        strict=True,
+    ):
+        np.testing.assert_allclose(
+            read_mrc(root / path_gpu)[0], read_mrc(root / path_cpu)[0], atol=1e-3
+        )
