@@ -31,15 +31,19 @@ import numpy as np
 from cryokube.processing.algorithms.fsc import (
     fsc,
     resolution_at_threshold,
-    shell_index,
     soft_spherical_mask,
 )
 from cryokube.processing.algorithms.reconstruction import centred_spectra
+from cryokube.processing.algorithms.refine import (
+    fourier_band,
+    pose_scores,
+    shell_noise_power,
+    unshift_phases,
+)
 from cryokube.processing.backend import (
     Array,
     array_module,
     as_float,
-    fft_freqs,
     irfft2,
     rfft2,
     rotate_image,
@@ -348,35 +352,24 @@ def classify_2d(
     shift_grid = np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
 
     # Fourier band used for alignment, with Hermitian multiplicities
-    shells = shell_index((n, n), xp=xp).reshape(-1)
-    band_radius = n * pixel_size_A / max_resolution_A
-    band = xp.flatnonzero((shells >= 1) & (shells <= band_radius))
-    band_shells = shells[band]
-    ky, kx = fft_freqs((n, n), xp=xp)
-    ky = xp.broadcast_to(ky, (n, n // 2 + 1)).reshape(-1)[band]
-    kx = xp.broadcast_to(kx, (n, n // 2 + 1)).reshape(-1)[band]
-    cols = xp.broadcast_to(xp.arange(n // 2 + 1), (n, n // 2 + 1)).reshape(-1)[band]
-    hermitian = xp.where((cols == 0) | (2 * cols == n), 1.0, 2.0).astype(np.float32)
+    band = fourier_band(n, radius_shells=n * pixel_size_A / max_resolution_A, xp=xp)
     shifts_dev = xp.asarray(shift_grid)
-    # undo a shift t: multiply by exp(+2 pi i k.t)
-    unshift = xp.exp(2j * np.pi * (shifts_dev[:, :1] * ky + shifts_dev[:, 1:] * kx)).astype(
-        np.complex64
-    )
+    unshift = unshift_phases(band, shifts_dev)
     n_shells = int(n // 2 + 1)
 
     def band_of(idx: Array) -> tuple[Array, Array]:
-        spectra = centred_spectra(x[idx]).reshape(idx.size, -1)[:, band]
+        spectra = centred_spectra(x[idx]).reshape(idx.size, -1)[:, band.index]
         if ctf is None:
             transfer = xp.ones(spectra.shape, dtype=np.float32)
         else:
-            transfer = xp.asarray(ctf[idx], dtype=np.float32).reshape(idx.size, -1)[:, band]
+            transfer = xp.asarray(ctf[idx], dtype=np.float32).reshape(idx.size, -1)[:, band.index]
         return spectra, transfer
 
     # initial noise power per shell: the particles' own power (signal included, so the first
     # posteriors are broad)
     sample = xp.asarray(rng.choice(b, size=min(b, 500), replace=False))
     spectra0, _ = band_of(sample)
-    sigma2 = _shell_mean(xp.abs(spectra0) ** 2, band_shells, n_shells)
+    sigma2 = shell_noise_power(xp.abs(spectra0) ** 2, band, n_shells)
 
     # initial references: averages of random subsets at random rotations
     subset = max(2, min(20, b // n_classes))
@@ -410,25 +403,20 @@ def classify_2d(
         rotated = xp.stack([rotate_image(references, float(a)) for a in angles], axis=1)
         ref_spectra = centred_spectra(rotated.reshape(-1, n, n)).reshape(
             n_classes * angles.size, -1
-        )[:, band]
-        ref_power = (ref_spectra.real**2 + ref_spectra.imag**2).T
+        )[:, band.index]
         sums = [_empty_sums(n_classes, n, xp) for _ in range(2)]
         total_ll = 0.0
-        residual = xp.zeros(n_shells, dtype=np.float64)
-        residual_count = xp.zeros(n_shells, dtype=np.float64)
+        residual = xp.zeros(n_shells, dtype=np.float32)
         class_mass = xp.zeros(n_classes, dtype=np.float64)
-        inv_sigma = (hermitian / sigma2[band_shells]).astype(np.float32)
+        inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
         for start in range(0, batch.size, _CHUNK):
             idx_host = batch[start : start + _CHUNK]
             idx = xp.asarray(idx_host)
             spectra, transfer = band_of(idx)
             m = idx.size
-            weighted = (spectra * (transfer * inv_sigma))[:, None, :] * unshift[None]
-            weighted = weighted.reshape(m * shift_grid.shape[0], -1)
-            cross = weighted.real @ ref_spectra.real.T + weighted.imag @ ref_spectra.imag.T
-            norm = (transfer * transfer * inv_sigma) @ ref_power
-            scores = cross.reshape(m, shift_grid.shape[0], n_classes, angles.size)
-            scores = scores - 0.5 * norm.reshape(m, 1, n_classes, angles.size)
+            scores = pose_scores(
+                spectra, transfer, ref_spectra, inv_sigma2=inv_sigma2, unshift=unshift
+            ).reshape(m, shift_grid.shape[0], n_classes, angles.size)
             scores = scores + log_prior[None, None, :, None]
             top = scores.max(axis=(1, 2, 3), keepdims=True)
             prob = xp.exp(scores - top)
@@ -453,9 +441,7 @@ def classify_2d(
             model = transfer * best_ref
             data = spectra * unshift[shift_of[rows, winner]]
             res = xp.abs(data - model) ** 2
-            flat_shells = xp.tile(band_shells, m)
-            residual += xp.bincount(flat_shells, weights=res.ravel(), minlength=n_shells)[:n_shells]
-            residual_count += xp.bincount(flat_shells, minlength=n_shells)[:n_shells]
+            residual += shell_noise_power(res, band, n_shells) * m
             # M-step entries: each particle's most probable classes; in the last pass split
             # into half sets by particle parity, for the class resolution
             cutoff = xp.sort(p_class, axis=-1)[:, -min(_M_STEP_CLASSES, n_classes)]
@@ -476,10 +462,7 @@ def classify_2d(
             else:
                 sums[0] = sums[0] + _accumulate(*entry_args, p_entry, n_classes)
         log_likelihood.append(total_ll / batch.size)
-        observed = residual_count > 0
-        sigma2 = xp.where(observed, residual / xp.maximum(residual_count, 1), sigma2).astype(
-            np.float32
-        )
+        sigma2 = xp.where(residual > 0, residual / batch.size, sigma2).astype(np.float32)
         log_prior = xp.log((class_mass + 1.0) / (class_mass.sum() + n_classes)).astype(np.float32)
         if last:
             halves = sums
@@ -510,13 +493,3 @@ def _empty_sums(n_classes: int, n: int, xp: Any) -> _Sums:
     return _Sums(
         xp.zeros((n_classes, n, n), dtype=np.float32), xp.zeros((n_classes, n, n), dtype=np.float32)
     )
-
-
-def _shell_mean(values: Array, shells: Array, n_shells: int) -> Array:
-    """Mean of ``values`` (m, M) per shell of the band samples ``shells`` (M,)."""
-    xp = array_module(values)
-    m = values.shape[0]
-    flat_shells = xp.tile(shells, m)
-    sums = xp.bincount(flat_shells, weights=values.ravel(), minlength=n_shells)[:n_shells]
-    counts = xp.bincount(flat_shells, minlength=n_shells)[:n_shells]
-    return (sums / xp.maximum(counts, 1)).astype(np.float32)
