@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -34,7 +36,7 @@ import numpy.typing as npt
 from cryokube.processing.datasets import load_cs
 from cryokube.processing.io import read_mrc
 from cryokube.processing.jobs import DataKind
-from cryokube.processing.storage import Storage
+from cryokube.processing.storage import Storage, StorageError
 from cryokube.processing.worker.manifest import MANIFEST_NAME, GroupEntry, JobManifest
 
 from . import plots
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 MAX_ARRAY_BYTES = 64 * 1024 * 1024
 """Largest ``.npy`` the console loads into memory for a plot."""
 MAX_TRAJECTORIES = 8
+MAX_MRC_BYTES = 1024 * 1024 * 1024
+"""Largest class stack or volume the console reads for a plot (the manifest gives the size)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,9 @@ def _npy(storage: Storage, key: str) -> npt.NDArray[np.float64]:
     return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), dtype=np.float64)
 
 
-def _mrc(storage: Storage, key: str) -> tuple[npt.NDArray[np.float32], float]:
+def _mrc(storage: Storage, key: str, size_bytes: int = 0) -> tuple[npt.NDArray[np.float32], float]:
+    if size_bytes > MAX_MRC_BYTES:
+        raise ValueError(f"{key}: {size_bytes} bytes is more than a plot reads")
     with storage.local_copy(key) as path:
         data, info = read_mrc(path, mmap=False)
     return np.asarray(data, dtype=np.float32), float(info.voxel_size_A[0])
@@ -155,10 +161,10 @@ def _classes(source: Source) -> Iterator[Figure]:
     storage, group = source.storage, source.group
     if group.kind is not DataKind.TEMPLATES:
         return
-    stacks = [f.path for f in group.files if f.path.endswith((".mrcs", ".mrc"))]
+    stacks = [f for f in group.files if f.path.endswith((".mrcs", ".mrc"))]
     if not stacks:
         return
-    averages, _ = _mrc(storage, stacks[0])
+    averages, _ = _mrc(storage, stacks[0].path, stacks[0].size_bytes)
     averages = averages.reshape(-1, *averages.shape[-2:])
     sizes = group.summary.get("class_sizes")
     if sizes is None:
@@ -168,21 +174,23 @@ def _classes(source: Source) -> Iterator[Figure]:
     yield Figure("2D class averages", plots.class_gallery_svg(averages, np.asarray(sizes)))
 
 
-def _volume(source: Source) -> Iterator[Figure]:
-    storage, group = source.storage, source.group
-    for key in [f.path for f in group.files if f.path.endswith("_fsc.npy")][:1]:
-        table = _npy(storage, key)
+def _fsc(source: Source) -> Iterator[Figure]:
+    for key in [f.path for f in source.group.files if f.path.endswith("_fsc.npy")][:1]:
+        table = _npy(source.storage, key)
         if table.ndim != 2 or table.shape[0] < 2:
             raise ValueError(f"{key}: expected shape (1 + n_curves, n), got {table.shape}")
         names = ["FSC", *(f"FSC {i + 2}" for i in range(table.shape[0] - 2))]
         yield Figure("FSC", plots.fsc_svg(table[0], dict(zip(names, table[1:], strict=True))))
-    if group.kind is not DataKind.VOLUME:
+
+
+def _volume(source: Source) -> Iterator[Figure]:
+    if source.group.kind is not DataKind.VOLUME:
         return
-    maps = [f.path for f in group.files if f.path.endswith(".mrc")]
+    maps = [f for f in source.group.files if f.path.endswith(".mrc")]
     if maps:
-        volume, pixel_size_A = _mrc(storage, maps[0])
+        volume, pixel_size_A = _mrc(source.storage, maps[0].path, maps[0].size_bytes)
         svg = plots.volume_views_svg(volume, pixel_size_A=pixel_size_A)
-        yield Figure(f"Volume {_stem(maps[0], '.mrc')}", svg)
+        yield Figure(f"Volume {_stem(maps[0].path, '.mrc')}", svg)
 
 
 Reader = Callable[[Source], Iterator[Figure]]
@@ -191,6 +199,7 @@ READERS: tuple[tuple[str, Reader], ...] = (
     ("CTF", _ctf),
     ("picks", _picks),
     ("class averages", _classes),
+    ("FSC", _fsc),
     ("volume", _volume),
 )
 
@@ -202,7 +211,37 @@ def job_figures(storage: Storage, manifest: JobManifest) -> list[Figure]:
         for what, reader in READERS:
             try:
                 figures.extend(reader(Source(storage, manifest, group)))
-            except (OSError, ValueError, KeyError, IndexError) as exc:
+            except (OSError, StorageError, ValueError, KeyError, IndexError) as exc:
                 log.warning("console: %s of %s/%s unreadable", what, manifest.job, group.name)
                 figures.append(Figure(f"{what} ({group.name})", note=f"not shown: {exc}"))
     return figures
+
+
+class FigureCache:
+    """The figures of recently viewed jobs, drawn once per manifest.
+
+    A manifest is written last and once per job UID (a retried worker that finds it does not run
+    again), so ``(storage root, job, job UID, finished_at)`` identifies what the figures show.
+    Thread-safe: pages draw figures in worker threads.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        if size < 1:
+            raise ValueError(f"size: must be at least 1, got {size}")
+        self._size = size
+        self._items: OrderedDict[tuple[str, str, str, str], list[Figure]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def figures(self, root: str, storage: Storage, manifest: JobManifest) -> list[Figure]:
+        """:func:`job_figures` of ``manifest``, from the cache when drawn before."""
+        key = (root, manifest.job, manifest.job_uid, manifest.finished_at.isoformat())
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        drawn = job_figures(storage, manifest)
+        with self._lock:
+            self._items[key] = drawn
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return drawn

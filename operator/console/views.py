@@ -37,7 +37,7 @@ from ..metadata.models import (
     Resources,
 )
 from ..metadata.services.access import Identity
-from .figures import Figure, job_figures, read_job_manifest
+from .figures import Figure, FigureCache, read_job_manifest
 from .forms import CSRF_FIELD, csrf_token, csrf_valid, form_fields, params_from_form
 from .graph import STATUS_COLOURS, Node, job_graph_svg
 from .submit import SUBMITTER, job_resource
@@ -45,6 +45,7 @@ from .submit import SUBMITTER, job_resource
 HERE = Path(__file__).parent
 PREFIX = "/console"
 ENV = web.AppKey("console_templates", jinja2.Environment)
+FIGURES = web.AppKey("console_figures", FigureCache)
 PAGE_SIZE = 500
 LOG_PAGE = 200
 """Events rendered with a job page; the live stream sends every later one from there."""
@@ -122,7 +123,7 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
 
 
-def _storage_figures(project: Project, job: Job) -> tuple[list[Figure], str]:
+def _storage_figures(cache: FigureCache, project: Project, job: Job) -> tuple[list[Figure], str]:
     """Figures from the job's outputs on the project's storage, or a note why there are none."""
     root = project.storage_root
     if root is None or "://" in root:
@@ -131,7 +132,7 @@ def _storage_figures(project: Project, job: Job) -> tuple[list[Figure], str]:
     manifest = read_job_manifest(storage, job.name)
     if manifest is None:
         return [], "No manifest yet: the job has not finished writing its outputs."
-    return job_figures(storage, manifest), ""
+    return cache.figures(root, storage, manifest), ""
 
 
 async def job_page(request: web.Request) -> web.StreamResponse:
@@ -142,7 +143,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
     project = await request.app[PROJECTS].get(who, job.project)
     events = await service.events(who, job.uid, EventQuery(limit=LOG_PAGE))
     outputs = await service.outputs(who, job.uid)
-    figures, note = await asyncio.to_thread(_storage_figures, project, job)
+    figures, note = await asyncio.to_thread(_storage_figures, request.app[FIGURES], project, job)
     times = sorted(job.status_times.items(), key=lambda kv: kv[1])
     started, finished = job.status_times.get(JobStatus.RUNNING), None
     if job.status in TERMINAL:
@@ -287,6 +288,7 @@ def setup_console(app: web.Application) -> None:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    app[FIGURES] = FigureCache()
     router = app.router
     router.add_get(PREFIX, index, name="console_index")
     router.add_get(f"{PREFIX}/", index, name="console_index_slash")
