@@ -304,3 +304,23 @@ def test_settings_from_environment() -> None:
         Settings.from_env({"CRYOKUBE_TOKEN_SECRET": "short"})
     with pytest.raises(ValidationError, match="trusted_proxies"):
         Settings.from_env({**env, "CRYOKUBE_TRUSTED_PROXIES": "not-an-address"})
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"$where": "1"}, "may not start with '$'"),
+        ({"a\u0000b": 1}, "contain NUL"),
+        ({"n": [2**70]}, "does not fit in 64 bits"),
+    ],
+)
+async def test_unstorable_parameters_are_422_not_500(
+    api: Any, parameters: dict[str, Any], message: str
+) -> None:
+    await _project(api)
+    body = {"uid": "p1", "name": "j", "project": "apo", "job_type": "m", "parameters": parameters}
+    resp = await api.post("/api/v1/jobs", json=body, headers=OPERATOR)
+    assert resp.status == 422
+    payload = await resp.json()
+    assert payload["fields"][0]["loc"] == "body.parameters"
+    assert message in payload["message"]

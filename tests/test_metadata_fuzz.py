@@ -36,6 +36,10 @@ path_values = st.sampled_from(["fz", "apo", "uid-1", "..", "%20", "a" * 200]) | 
 )
 
 
+VALID_JOB = {"name": "fz", "project": "fz", "job_type": "motion"}
+uids = st.text(st.sampled_from("abcdef0123456789-"), min_size=1, max_size=12).map(lambda u: "u" + u)
+
+
 def _body_strategy(schema: dict[str, Any], components: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Objects using the model's own field names (to get past "extra field"), or any JSON."""
     ref = schema.get("$ref", "")
@@ -92,6 +96,10 @@ def test_no_request_gets_a_500(mongo_server: Any, mongo_db_name: str) -> None:
             if "requestBody" in op:
                 schema = op["requestBody"]["content"]["application/json"]["schema"]
                 body = data.draw(_body_strategy(schema, components))
+            if op["operationId"] == "register_job" and data.draw(st.booleans()):
+                # A valid registration with free-form parameters: reaches the store's encoder.
+                params = data.draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+                body = {**VALID_JOB, "uid": data.draw(uids), "parameters": params}
             headers = worker("fz", "fz") if path.startswith("/rpc/") else admin()
             if data.draw(st.booleans()):
                 headers = {**headers, **OPERATOR} if not path.startswith("/rpc/") else headers

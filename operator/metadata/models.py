@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
 """A DNS-1123 label: project names, output names."""
@@ -24,9 +24,38 @@ T = TypeVar("T")
 
 
 class Request(BaseModel):
-    """Base of request bodies: unknown fields are errors."""
+    """Base of request bodies: unknown fields are errors, and so are infinities and NaN."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+INT64 = 2**63
+MAX_DEPTH = 20
+
+
+def _storable(value: Any, path: str, depth: int = 0) -> None:
+    """Raise ValueError naming ``path`` when ``value`` cannot be stored as a BSON document."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key or key.startswith("$"):
+                raise ValueError(f"{path}: key {key!r} may not start with '$' or contain NUL")
+            _storable(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _storable(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        raise ValueError(f"{path}: integer {value} does not fit in 64 bits")
+
+
+def _check_document(value: dict[str, Any]) -> dict[str, Any]:
+    _storable(value, "value")
+    return value
+
+
+Document = Annotated[dict[str, Any], AfterValidator(_check_document)]
+"""Free-form JSON object that MongoDB can store (keys without '$' or NUL, 64-bit integers)."""
 
 
 class Response(BaseModel):
@@ -130,7 +159,7 @@ class JobCreate(Request):
     job_type: str = Field(min_length=1, max_length=100)
     lane: str = Field(default="default", min_length=1, max_length=63)
     resources: Resources = Field(default_factory=Resources)
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: Document = Field(default_factory=dict)
     inputs: list[JobInput] = Field(default_factory=list, max_length=100)
 
 
