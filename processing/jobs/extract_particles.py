@@ -132,7 +132,7 @@ def run(ctx: JobContext) -> None:
         if field not in particles:
             raise JobInputError(f"inputs.particles: the dataset has no {field} field")
     mic_paths = micrographs.strings("micrograph_blob/path")
-    on_mic = np.asarray(particles.strings("location/micrograph_path"))
+    on_mic = np.asarray(particles.strings("location/micrograph_path"), dtype=str)
     unknown = sorted(set(on_mic.tolist()) - set(mic_paths))
     if unknown:
         raise JobInputError(
@@ -144,9 +144,13 @@ def run(ctx: JobContext) -> None:
     out_box = p.bin_size_pix or p.box_size_pix
     ctf_fields = [f for f in micrographs.fields if f.startswith("ctf/")]
 
+    order = np.argsort(on_mic, kind="stable")
+    starts = np.searchsorted(on_mic[order], mic_paths, side="left")
+    stops = np.searchsorted(on_mic[order], mic_paths, side="right")
+
     def process(index: int) -> ItemResult:
         path = mic_paths[index]
-        rows = np.flatnonzero(on_mic == path)
+        rows = order[starts[index] : stops[index]]
         mine = particles.take(rows)
         psize = float(micrographs["micrograph_blob/psize_A"][index])
         with ctx.open_input(path) as local:
@@ -172,8 +176,7 @@ def run(ctx: JobContext) -> None:
             stack=True,
         )
         n = len(kept)
-        columns: dict[str, npt.NDArray[Any]] = {"uid": kept.uid.copy()}
-        columns |= {f: np.asarray(particles[f][rows[keep]]) for f in particles.fields if f != "uid"}
+        columns: dict[str, npt.NDArray[Any]] = {f: np.asarray(kept[f]) for f in kept.fields}
         columns |= {
             "blob/path": np.asarray([entry.path] * n, dtype="S"),
             "blob/idx": np.arange(n, dtype=np.uint32),

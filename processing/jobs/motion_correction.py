@@ -85,7 +85,7 @@ def _correction(
     """
     from cryokube.processing.io.gain import FrameCorrection, find_defects, load_gain
 
-    gain_path = movies.strings("gain_ref_blob/path")[index]
+    gain_path = bytes(movies["gain_ref_blob/path"][index]).decode()
     gain = None
     if gain_path:
         with ctx.open_input(gain_path) as path:
@@ -94,7 +94,7 @@ def _correction(
                 rotate_90=int(movies["gain_ref_blob/rotate_num"][index]),
                 flip="leftright" if movies["gain_ref_blob/flip_x"][index] else "none",
             )
-        movie = movies.strings("movie_blob/path")[index]
+        movie = bytes(movies["movie_blob/path"][index]).decode()
         FrameCorrection(gain=gain, source=gain_path).check_frame_shape(raw_sum.shape, movie)
     corrected_sum = raw_sum if gain is None else raw_sum * gain
     return FrameCorrection(gain=gain, defects=find_defects(corrected_sum), source=gain_path or None)
