@@ -1,9 +1,9 @@
 """kopf handlers: one module per kind (``projects``, ``jobs``) plus ``startup``.
 
 Importing this package registers every handler in kopf's default registry. In a cluster the
-operator runs as ``kopf run --standalone -m cryokube.operator.handlers --all-namespaces``;
-:func:`run` starts the same handlers inside an existing event loop (tests, benchmarks, the
-workstation CLI).
+operator runs as ``python -m cryokube.operator.handlers`` (settings from the environment, see
+:class:`OperatorConfig`); :func:`run` starts the same handlers in an event loop of the caller's
+(tests, the workstation CLI).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["OperatorConfig", "jobs", "projects", "run", "startup"]
 async def run(
     config: OperatorConfig,
     *,
-    stop_flag: asyncio.Event | threading.Event,
+    stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
     namespaces: tuple[str, ...] = (),
 ) -> None:
@@ -32,8 +32,9 @@ async def run(
     ----------
     config : OperatorConfig
         Where the API server is, the metadata service, the metrics port.
-    stop_flag : asyncio.Event or threading.Event
-        Set it to stop the operator gracefully (a ``threading.Event`` from another thread).
+    stop_flag : asyncio.Event or threading.Event, optional
+        Set it to stop the operator gracefully (a ``threading.Event`` from another thread);
+        without one, SIGTERM or SIGINT stops it (main thread only).
     ready_flag : asyncio.Event or threading.Event, optional
         Set by kopf once the watches are started.
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import kopf
 
-from .. import metrics
+from .. import metrics, reasons
+from ..conditions import get_condition
 from ..manifests import JOB_LABEL, build_child_job, build_token_secret, child_name
 from ..models import GROUP, VERSION, InvalidSpecError, JobResource, ProjectResource, parse_job
 from ..status import TERMINAL_PHASES, Peer, Plan, invalid_plan, plan_job
@@ -135,7 +136,8 @@ def _post_event(body: Any, plan: Plan) -> None:
 @kopf.timer(
     *JOBS,
     interval=RECHECK_INTERVAL_S,
-    when=lambda status, **_: status.get("phase") not in TERMINAL_PHASES,
+    # Ended and invalid Jobs change only through their spec (on.update), never by waiting.
+    when=lambda status, **_: status.get("phase") not in {*TERMINAL_PHASES, "Invalid"},
 )
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Reconcile a Job; write its status; an invalid spec is a permanent error."""
@@ -144,7 +146,8 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwarg
         patch.status.update(plan.status)
     _post_event(body, plan)
     if plan.status["phase"] == "Invalid":
-        raise kopf.PermanentError(plan.status["conditions"][-1]["message"])
+        invalid = get_condition(plan.status["conditions"], reasons.READY) or {}
+        raise kopf.PermanentError(invalid.get("message", "invalid spec"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_SELECTOR)

@@ -1,0 +1,167 @@
+"""Operator throughput: 1,000 Job resources reconciled into child batch Jobs against kmock.
+
+The emulator serves in this process; the operator runs as its own process
+(``python -m cryokube.operator.handlers``), exactly as in its pod, so its peak RSS is its own.
+The reference ("limit") is the emulator's own create rate measured in the same run: this
+process creating 1,000 batch Jobs sequentially through the same kubernetes client. The
+operator's ratio to it (operator time / direct-create time) says how much the reconcile loop
+(watch, index, plan, Secret + Job creation, status patch) costs over the bare API writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import harness
+import kmock
+import kubernetes
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from support import k8s
+
+N_JOBS = int(os.environ.get("CRYOKUBE_BENCH_JOBS", "1000"))
+NS = "bench"
+TIMEOUT_S = 600.0
+
+
+def _children(emulator: Any) -> int:
+    return sum(
+        1
+        for key, obj in list(emulator.objects.items())
+        if key[0].group == "batch" and key[1] == NS and not obj.deleted
+    )
+
+
+async def _create_crs(host: str) -> None:
+    """POST the Project and the Job resources (raw aiohttp: the fastest client, off the clock)."""
+    meta = {"namespace": NS, "resourceVersion": "1"}
+    base = f"{host}/apis/cryokube.io/v1alpha1/namespaces/{NS}"
+    project = {
+        "apiVersion": "cryokube.io/v1alpha1",
+        "kind": "Project",
+        "metadata": {**meta, "name": "apo", "uid": str(uuid.uuid4())},
+        "spec": {"storage": {"pvc": {"claimName": "data"}}},
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/projects", json=project) as response:
+            response.raise_for_status()
+        for i in range(N_JOBS):
+            body = {
+                "apiVersion": "cryokube.io/v1alpha1",
+                "kind": "Job",
+                "metadata": {**meta, "name": f"job-{i:04d}", "uid": str(uuid.uuid4())},
+                "spec": {"project": "apo", "type": "ctf_estimation"},
+            }
+            async with session.post(f"{base}/jobs", json=body) as response:
+                response.raise_for_status()
+
+
+def _direct_creates(api: Any) -> float:
+    """Seconds for this process to create N_JOBS small batch Jobs directly (the floor)."""
+    batch = kubernetes.client.BatchV1Api(api)
+    t0 = time.perf_counter()
+    for i in range(N_JOBS):
+        body = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": f"direct-{i:04d}", "namespace": "direct"},
+            "spec": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
+        }
+        batch.create_namespaced_job("direct", body)
+    return time.perf_counter() - t0
+
+
+def _start_operator(host: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "CRYOKUBE_KUBE_HOST": host}
+    env["CRYOKUBE_METRICS_PORT"] = "0"
+    return subprocess.Popen(
+        [sys.executable, "-m", "cryokube.operator.handlers"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=None if os.environ.get("CRYOKUBE_BENCH_VERBOSE") else subprocess.DEVNULL,
+    )
+
+
+def _stop_operator(proc: subprocess.Popen[bytes]) -> tuple[float, float]:
+    """SIGTERM the operator, reap it; return its peak RSS (MB) and CPU time (s) from ``wait4``."""
+    proc.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+
+
+async def _measure() -> dict[str, float]:
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+        k8s.declare_resources(emulator)
+        conf = kubernetes.client.Configuration()
+        conf.host = str(emulator.url).rstrip("/")
+        api = kubernetes.client.ApiClient(conf)
+        try:
+            direct_s = await asyncio.to_thread(_direct_creates, api)
+            await _create_crs(conf.host)
+            t0 = time.perf_counter()
+            proc = _start_operator(conf.host)
+            first_s: float | None = None
+            all_s: float | None = None
+            try:
+                while all_s is None and time.perf_counter() - t0 < TIMEOUT_S:
+                    n = _children(emulator)
+                    if n and first_s is None:
+                        first_s = time.perf_counter() - t0
+                    if n >= N_JOBS:
+                        all_s = time.perf_counter() - t0
+                    await asyncio.sleep(0.05)
+            finally:
+                peak_rss_MB, cpu_s = await asyncio.to_thread(_stop_operator, proc)
+        finally:
+            api.close()
+        if first_s is None or all_s is None:
+            raise RuntimeError(f"only {_children(emulator)} of {N_JOBS} children in {TIMEOUT_S} s")
+    return {
+        "direct_s": direct_s,
+        "first_s": first_s,
+        "all_s": all_s,
+        "peak_rss_MB": peak_rss_MB,
+        "cpu_s": cpu_s,
+    }
+
+
+@harness.benchmark("operator_1000_jobs")
+def operator_1000_jobs(limits: dict[str, float]) -> list[harness.Record]:
+    del limits  # the reference is the emulator's create rate, measured below
+    m = asyncio.run(_measure())
+    reconcile_s = m["all_s"] - m["first_s"]
+    floor = f"direct batch-Job creates against the same emulator ({N_JOBS / m['direct_s']:.0f}/s)"
+    return [
+        harness.Record(
+            name="operator_children_per_s",
+            value=N_JOBS / reconcile_s,
+            unit="jobs/s",
+            ratio_to_limit=reconcile_s / m["direct_s"],
+            limit=floor,
+            peak_memory_MB=m["peak_rss_MB"],
+            notes=(
+                f"{N_JOBS} Job CRs exist before start; first child after {m['first_s']:.2f} s "
+                f"(process start, imports, watch); all after {m['all_s']:.2f} s; peak RSS is the "
+                "operator process's"
+            ),
+        ),
+        harness.Record(
+            name="operator_cpu_per_job",
+            value=1e3 * m["cpu_s"] / N_JOBS,
+            unit="ms CPU/job",
+            ratio_to_limit=m["cpu_s"] / reconcile_s,
+            limit="share of the wall time the operator process was on a CPU (1 = CPU-bound)",
+            notes="user + system time of the operator process over its whole life (wait4)",
+        ),
+    ]
