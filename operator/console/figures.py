@@ -86,7 +86,9 @@ def _mrc(storage: Storage, key: str, size_bytes: int = 0) -> tuple[npt.NDArray[n
     if size_bytes > MAX_MRC_BYTES:
         raise ValueError(f"{key}: {size_bytes} bytes is more than a plot reads")
     with storage.local_copy(key) as path:
-        data, info = read_mrc(path, mmap=False)
+        # Mapped, not read: the plot reads a float32 file once while binning it, and a mapping
+        # stays valid after the block even where the local copy is a temporary file.
+        data, info = read_mrc(path, mmap=True)
     return np.asarray(data, dtype=np.float32), float(info.voxel_size_A[0])
 
 

@@ -259,8 +259,9 @@ def _bin_image(image: npt.NDArray[np.float32], factor: int) -> npt.NDArray[np.fl
         return image
     ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    binned: npt.NDArray[np.float32] = blocks.mean(axis=(1, 3), dtype=np.float32)
-    return binned
+    # Sum the contiguous axis first (one streaming pass), then the rows of each block.
+    binned: npt.NDArray[np.float32] = blocks.sum(axis=3, dtype=np.float32).sum(axis=1)
+    return binned / np.float32(factor * factor)
 
 
 def micrograph_picks_svg(
