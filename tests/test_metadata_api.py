@@ -59,7 +59,7 @@ async def test_job_lifecycle_through_worker_rpc(api: Any) -> None:
     )
     assert resp.status == 201
     files = [{"path": "motion/mic_0001.mrc", "sha256": SHA, "size_bytes": 1024}]
-    out = {"name": "micrographs", "kind": "micrographs", "files": files}
+    out = {"name": "class_averages", "kind": "templates", "files": files}
     assert (await api.post(f"{rpc}/outputs", json=out, headers=w)).status == 201
     assert (await api.post(f"{rpc}/outputs", json=out, headers=w)).status == 200
     changed = {**out, "files": [{**files[0], "size_bytes": 1}]}
@@ -86,7 +86,7 @@ async def test_job_lifecycle_through_worker_rpc(api: Any) -> None:
     assert [e["seq"] for e in events] == [0, 1, 2, 3]
     assert [e["kind"] for e in events] == ["log", "log", "progress", "image"]
     outs = await (await api.get("/api/v1/jobs/uid-1/outputs", headers=member)).json()
-    assert outs[0]["id"] == "uid-1/micrographs"
+    assert outs[0]["id"] == "uid-1/class_averages"
     assert outs[0]["files"][0]["sha256"] == SHA
     page = await (await api.get("/api/v1/projects/apo/exposures", headers=member)).json()
     assert page["total"] == 1
@@ -324,3 +324,46 @@ async def test_unstorable_parameters_are_422_not_500(
     payload = await resp.json()
     assert payload["fields"][0]["loc"] == "body.parameters"
     assert message in payload["message"]
+
+
+@pytest.mark.parametrize(
+    ("rpc", "body", "loc"),
+    [
+        (
+            "outputs",
+            {
+                "name": "o",
+                "kind": "k",
+                "files": [{"path": "a/../../etc/passwd", "sha256": SHA, "size_bytes": 1}],
+            },
+            "body.files.0.path",
+        ),
+        (
+            "outputs",
+            {
+                "name": "o",
+                "kind": "k",
+                "files": [{"path": "/etc/passwd", "sha256": SHA, "size_bytes": 1}],
+            },
+            "body.files.0.path",
+        ),
+        (
+            "images",
+            {"seq": 1, "name": "i", "content_type": "image/png", "data_base64": "not base64!"},
+            "body.data_base64",
+        ),
+        (
+            "exposures",
+            {"name": "e", "movie_path": "m.tif", "defocus_u_A": "Infinity"},
+            "body.defocus_u_A",
+        ),
+    ],
+)
+async def test_worker_writes_outside_storage_or_garbage_are_422(
+    api: Any, rpc: str, body: dict[str, Any], loc: str
+) -> None:
+    await _project(api)
+    await _job(api)
+    resp = await api.post(f"/rpc/v1/jobs/uid-1/{rpc}", json=body, headers=worker("apo", "uid-1"))
+    assert resp.status == 422
+    assert (await resp.json())["fields"][0]["loc"] == loc

@@ -6,6 +6,8 @@ unknown fields so that a typo is a 422 naming the field, not a silently ignored 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -19,6 +21,9 @@ Uid = Annotated[str, Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$", max_le
 """A job's UID (the Kubernetes UID of its Job resource)."""
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+OutputName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")]
+"""An output group's name as the job catalog declares it (``micrographs``, ``class_averages``)."""
 
 T = TypeVar("T")
 
@@ -55,6 +60,30 @@ def _check_document(value: dict[str, Any]) -> dict[str, Any]:
 
 
 Document = Annotated[dict[str, Any], AfterValidator(_check_document)]
+
+
+def _check_relative(path: str) -> str:
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or "\x00" in path:
+        raise ValueError("must be a relative POSIX path without backslashes or NUL")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError("must not contain empty, '.' or '..' segments")
+    return path
+
+
+RelativePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_check_relative)]
+"""A path inside the project's storage root: readers join it to the root, so no escaping it."""
+
+
+def _check_base64(text: str) -> str:
+    try:
+        base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not valid base64: {exc}") from None
+    return text
+
+
+Base64Text = Annotated[str, AfterValidator(_check_base64)]
 """Free-form JSON object that MongoDB can store (keys without '$' or NUL, 64-bit integers)."""
 
 
@@ -147,7 +176,7 @@ class JobInput(Request):
     """An edge of the job graph: output group ``output`` of job ``job`` (a name) is an input."""
 
     job: Name
-    output: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")
+    output: OutputName
 
 
 class JobCreate(Request):
@@ -245,7 +274,7 @@ class ImageIn(Request):
     seq: int = Field(ge=0, le=2**53)
     name: str = Field(min_length=1, max_length=200)
     content_type: Literal["image/png", "image/jpeg"]
-    data_base64: str = Field(max_length=2 * 1024 * 1024)
+    data_base64: Base64Text = Field(max_length=2 * 1024 * 1024)
 
 
 class Event(Response):
@@ -279,7 +308,7 @@ class Ingested(Response):
 class OutputFile(Request):
     """A file in an output dataset, relative to the project's storage root."""
 
-    path: str = Field(min_length=1, max_length=1024, pattern=r"^[^/].*$")
+    path: RelativePath
     sha256: Sha256
     size_bytes: int = Field(ge=0)
 
@@ -287,7 +316,7 @@ class OutputFile(Request):
 class OutputIn(Request):
     """A dataset manifest a job produced, with the outputs it was made from (lineage)."""
 
-    name: Name
+    name: OutputName
     kind: str = Field(min_length=1, max_length=100, description="e.g. micrographs, particles")
     files: list[OutputFile] = Field(min_length=1, max_length=100_000)
     parents: list[str] = Field(default_factory=list, max_length=100, description="output ids")
