@@ -163,6 +163,10 @@ async def test_exposures_upsert_and_filter(repos: Repositories) -> None:
     accepted, total = await repos.exposures.page(project="apo", accepted=True, offset=0, limit=10)
     assert ([e.name for e in accepted], total) == (["e1"], 1)
     assert accepted[0].defocus_u_A == 12000.0
+    motion = ExposureIn(name="e2", movie_path="raw/e2.tif", drift_total_px=4.5)
+    await repos.exposures.upsert(project="apo", job="j2", exposure=motion)
+    rejected, _ = await repos.exposures.page(project="apo", accepted=False, offset=0, limit=10)
+    assert (rejected[0].drift_total_px, rejected[0].accepted, rejected[0].job) == (4.5, False, "j2")
 
 
 async def test_users_and_api_tokens(repos: Repositories) -> None:

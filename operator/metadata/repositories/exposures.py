@@ -1,4 +1,4 @@
-"""Exposures: per-movie motion and CTF results, ``_id`` ``<project>/<name>``, last write wins."""
+"""Exposures: per-movie motion and CTF results, ``_id`` ``<project>/<name>``, merged per field."""
 
 from __future__ import annotations
 
@@ -34,18 +34,22 @@ class ExposureRepository:
         self._col = store.collection(self.collection)
 
     async def upsert(self, *, project: str, job: str, exposure: ExposureIn) -> None:
-        """Store the latest results for one exposure of ``project``."""
-        key = f"{project}/{exposure.name}"
-        # ``_id`` is repeated in the replacement: nx-27017 0.8 does not copy it from the filter
-        # on an upserting replace, and would insert a second document.
-        doc = {
-            "_id": key,
+        """Merge the fields sent in ``exposure`` into the stored record of that exposure.
+
+        Motion correction and CTF estimation report the same exposure separately; fields a report
+        leaves out keep their stored values.
+        """
+        changes = {
             "project": project,
             "job": job,
             "updated_at_ms": now_ms(),
-            **exposure.model_dump(),
+            **exposure.model_dump(exclude_unset=True),
         }
-        await self._store.run(lambda: self._col.replace_one({"_id": key}, doc, upsert=True))
+        await self._store.run(
+            lambda: self._col.update_one(
+                {"_id": f"{project}/{exposure.name}"}, {"$set": changes}, upsert=True
+            )
+        )
 
     async def page(
         self, *, project: str, accepted: bool | None, offset: int, limit: int

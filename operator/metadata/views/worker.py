@@ -60,7 +60,7 @@ async def output(call: Call) -> Result:
 
 @endpoint(Spec("Record an exposure's results.", auth="worker", body=ExposureIn, response=Ingested))
 async def exposure(call: Call) -> Result:
-    """Last write wins per exposure name."""
+    """Fields sent are merged into the exposure's record; fields left out keep their values."""
     await call.request.app[WORKER].exposure(call.job, call.body)
     return Ingested(created=True)
 
