@@ -3,8 +3,8 @@
 The metadata service (``cryokube.operator.metadata``) records projects and jobs, issues the
 per-job worker tokens and collects progress. The operator talks to it only through
 :class:`MetadataLink`, so it keeps working when no service is configured
-(:class:`NoMetadata`: random tokens, no records, no progress) and so the HTTP client can change
-without touching the handlers.
+(:class:`NoMetadata`: random tokens, no records, no progress); :class:`ServiceMetadata` adapts
+the service's own client (:class:`~cryokube.operator.metadata.client.MetadataClient`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from __future__ import annotations
 import secrets
 from typing import Protocol
 
+from .metadata.client import MetadataClient
+from .metadata.models import JobCreate, JobInput, JobStatus, JobUpdate, ProjectCreate
+from .metadata.models import Resources as MetadataResources
+from .metadata.tokens import mint_job_token
 from .models import JobResource, ProjectResource
 
 
@@ -143,3 +147,82 @@ class HttpMetadata:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class ServiceMetadata:
+    """The link to a running metadata service, through its operator client.
+
+    Parameters
+    ----------
+    client : MetadataClient
+        The service client authenticated with the service token.
+    token_secret : str
+        The service's HMAC key (``CRYOKUBE_TOKEN_SECRET``): the operator mints each job's token
+        and the service verifies it, so no token travels over the network twice.
+    token_ttl_s : int, optional
+        Lifetime of a job token in seconds (default 7 days: longer than any job).
+
+    Notes
+    -----
+    Jobs are keyed by the Job resource's UID, so registering again after a restart is a replay
+    that returns the stored record. ``MetadataUnavailable`` propagates: the caller turns it into
+    a ``kopf.TemporaryError`` and retries.
+    """
+
+    def __init__(
+        self, client: MetadataClient, *, token_secret: str, token_ttl_s: int = 7 * 24 * 3600
+    ) -> None:
+        if token_ttl_s <= 0:
+            raise ValueError(f"token_ttl_s must be positive, got {token_ttl_s}")
+        self._client = client
+        self._secret = token_secret
+        self._ttl_s = token_ttl_s
+
+    async def register_project(self, project: ProjectResource) -> None:
+        """Create the project's record with its members and storage root."""
+        spec = project.spec
+        root = spec.storage.path or (
+            f"s3://{spec.storage.s3.bucket}/{spec.storage.s3.prefix}" if spec.storage.s3 else None
+        )
+        await self._client.register_project(
+            ProjectCreate(
+                name=project.metadata.name,
+                members=[m.name for m in spec.members if m.kind == "User"],
+                groups=[m.name for m in spec.members if m.kind == "Group"],
+                storage_root=root if root and root.startswith("/") else None,
+            )
+        )
+
+    async def register_job(self, job: JobResource) -> str:
+        """Register the job (by UID) and mint its worker token."""
+        await self._client.register_job(
+            JobCreate(
+                uid=job.metadata.uid,
+                name=job.metadata.name,
+                project=job.spec.project,
+                job_type=job.spec.type,
+                lane=job.spec.queue or "default",
+                resources=MetadataResources(gpus=job.gpus_total()),
+                parameters=job.spec.params,
+                inputs=[JobInput(job=i.job, output=i.output) for i in job.spec.inputs],
+            )
+        )
+        return mint_job_token(
+            self._secret, project=job.spec.project, job=job.metadata.uid, ttl_s=self._ttl_s
+        )
+
+    async def mark_job(self, job: JobResource, phase: str) -> None:
+        """Mark the record Cancelled, or mirror another terminal phase."""
+        if phase == "Cancelled":
+            await self._client.cancel_job(job.metadata.uid)
+        else:
+            await self._client.update_job(job.metadata.uid, JobUpdate(status=JobStatus(phase)))
+
+    async def progress_percent(self, job: JobResource) -> int | None:
+        """The workers' latest progress, in percent."""
+        record = await self._client.get_job(job.metadata.uid)
+        return round(100 * record.progress)
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._client.close()

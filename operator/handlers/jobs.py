@@ -18,6 +18,7 @@ import kopf
 from .. import metrics, reasons
 from ..conditions import get_condition
 from ..manifests import JOB_LABEL, build_child_job, build_token_secret, child_name
+from ..metadata.client import MetadataUnavailable
 from ..models import GROUP, VERSION, InvalidSpecError, JobResource, ProjectResource, parse_job
 from ..status import TERMINAL_PHASES, Peer, Plan, invalid_plan, plan_job
 from . import kube
@@ -141,7 +142,10 @@ def _post_event(body: Any, plan: Plan) -> None:
 )
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Reconcile a Job; write its status; an invalid spec is a permanent error."""
-    plan = await reconcile_job(body, memo=memo, indexes=kwargs)
+    try:
+        plan = await reconcile_job(body, memo=memo, indexes=kwargs)
+    except MetadataUnavailable as exc:  # the service is down: not an error of the Job
+        raise kopf.TemporaryError(str(exc), delay=exc.retry_after_s) from exc
     if plan.changed:
         patch.status.update(plan.status)
     _post_event(body, plan)

@@ -8,7 +8,7 @@ under ``cryokube.io`` (not kopf's default ``kopf.zalando.org``), so they read as
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -16,7 +16,8 @@ import kubernetes
 import prometheus_client
 
 from ..manifests import WorkerConfig
-from ..registration import NoMetadata
+from ..metadata.client import MetadataClient
+from ..registration import MetadataLink, NoMetadata, ServiceMetadata
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class OperatorConfig:
         (tests point it at the kmock emulator).
     metadata_url : str or None
         Metadata-service base URL; ``None`` runs without it (:class:`NoMetadata`).
+    service_token : str or None
+        The metadata service's operator token (``CRYOKUBE_SERVICE_TOKEN``).
+    token_secret : str or None
+        The metadata service's HMAC key for job tokens (``CRYOKUBE_TOKEN_SECRET``).
     metrics_port : int
         Port of the Prometheus ``/metrics`` endpoint; 0 disables it.
     cluster : bool
@@ -38,20 +43,36 @@ class OperatorConfig:
 
     kube_host: str | None = None
     metadata_url: str | None = None
+    service_token: str | None = field(default=None, repr=False)
+    token_secret: str | None = field(default=None, repr=False)
     metrics_port: int = 0
     cluster: bool = True
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
-        """Read ``CRYOKUBE_KUBE_HOST``, ``CRYOKUBE_METADATA_URL``, ``CRYOKUBE_METRICS_PORT``."""
+        """Read the ``CRYOKUBE_*`` variables named in the attributes."""
         port = os.environ.get("CRYOKUBE_METRICS_PORT", "9090")
         if not port.isdigit():
             raise ValueError(f"CRYOKUBE_METRICS_PORT must be a port number, got {port!r}")
         return cls(
             kube_host=os.environ.get("CRYOKUBE_KUBE_HOST") or None,
             metadata_url=os.environ.get("CRYOKUBE_METADATA_URL") or None,
+            service_token=os.environ.get("CRYOKUBE_SERVICE_TOKEN") or None,
+            token_secret=os.environ.get("CRYOKUBE_TOKEN_SECRET") or None,
             metrics_port=int(port),
         )
+
+
+def _metadata_link(config: OperatorConfig) -> MetadataLink:
+    """The metadata-service link the config asks for; :class:`NoMetadata` without a URL."""
+    if config.metadata_url is None:
+        return NoMetadata()
+    if not config.service_token or not config.token_secret:
+        raise ValueError(
+            "CRYOKUBE_METADATA_URL needs CRYOKUBE_SERVICE_TOKEN and CRYOKUBE_TOKEN_SECRET"
+        )
+    client = MetadataClient(config.metadata_url, service_token=config.service_token)
+    return ServiceMetadata(client, token_secret=config.token_secret)
 
 
 def _api_client(config: OperatorConfig) -> Any:
@@ -85,7 +106,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.config = config
     memo.api = _api_client(config)
     memo.worker_config = WorkerConfig(metadata_url=config.metadata_url)
-    memo.metadata = memo.get("metadata") or NoMetadata()
+    memo.metadata = _metadata_link(config)
     memo.reserved = {}
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
