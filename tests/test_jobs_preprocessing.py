@@ -426,6 +426,7 @@ def test_import_micrographs_registers_the_motion_corrected_sums(
     ("job_type", "params", "inputs", "message"),
     [
         ("motion_correction", {"frame_end": 40}, ("import/movies",), "params.frame_end"),
+        ("blob_picker", {"lowpass_res_A": 3.0}, ("ctf/micrographs",), "params.lowpass_res_A"),
         (
             "extract_particles",
             {"phase_flip": True, "box_size_pix": 48},

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from .base import JobInputError
+
 if TYPE_CHECKING:
     from cryokube.processing.datasets import Dataset
     from cryokube.processing.worker.context import JobContext
@@ -159,6 +161,32 @@ def _concatenate(parts: Sequence[Mapping[str, npt.NDArray[Any]]]) -> dict[str, n
             columns = [c.astype(f"S{max(width, 1)}") for c in columns]
         out[name] = np.concatenate(columns)
     return out
+
+
+def check_nyquist(
+    resolution_A: float, param_name: str, pixel_sizes_A: npt.ArrayLike, paths: Sequence[str]
+) -> None:
+    """Raise :class:`JobInputError` naming ``params.<param_name>`` if it is finer than Nyquist.
+
+    Parameters
+    ----------
+    resolution_A : float
+        The parameter's value (A).
+    param_name : str
+        Its name, for the message.
+    pixel_sizes_A : array_like of shape (n,)
+        Pixel size of each input item (A).
+    paths : sequence of str
+        The items' paths, to name the first offending one.
+    """
+    sizes = np.asarray(pixel_sizes_A, dtype=np.float64)
+    bad = np.flatnonzero(resolution_A < 2 * sizes)
+    if bad.size:
+        nyquist = 2 * sizes[bad[0]]
+        raise JobInputError(
+            f"params.{param_name}: {resolution_A} A is finer than Nyquist ({nyquist:.3g} A) "
+            f"of {paths[bad[0]]}"
+        )
 
 
 def shard_dataset_name(ctx: JobContext, group: str) -> str:

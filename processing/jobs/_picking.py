@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ._items import ItemResult, process_items, save_output
+from ._items import ItemResult, check_nyquist, process_items, save_output
 from .base import JobInputError
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ PickFunction = Callable[[Any, int], "Picks"]
 """``pick(micrograph_on_device, index)`` returns the picks of micrograph ``index``."""
 
 
-def run_picker(ctx: JobContext, micrographs: Dataset, pick: PickFunction) -> None:
+def run_picker(
+    ctx: JobContext, micrographs: Dataset, pick: PickFunction, *, lowpass_res_A: float
+) -> None:
     """Pick every micrograph of this shard and write the ``particles`` output group.
 
     Parameters
@@ -32,6 +34,8 @@ def run_picker(ctx: JobContext, micrographs: Dataset, pick: PickFunction) -> Non
         The input micrographs (``micrograph_blob/path``, ``/psize_A``).
     pick : callable
         ``pick(image, index)`` with ``image`` of shape (ny, nx), float32, on ``ctx.device``.
+    lowpass_res_A : float
+        The job's low-pass resolution (A), checked against every micrograph's Nyquist.
     """
     from cryokube.processing.backend import to_device, to_host
     from cryokube.processing.datasets import Dataset
@@ -41,6 +45,7 @@ def run_picker(ctx: JobContext, micrographs: Dataset, pick: PickFunction) -> Non
         if field not in micrographs:
             raise JobInputError(f"inputs.micrographs: the dataset has no {field} field")
     paths = micrographs.strings("micrograph_blob/path")
+    check_nyquist(lowpass_res_A, "lowpass_res_A", micrographs["micrograph_blob/psize_A"], paths)
     groups = micrographs.get("ctf/exp_group_id")
 
     def process(index: int) -> ItemResult:

@@ -75,7 +75,7 @@ def run(ctx: JobContext) -> None:
             min_score=p.min_score,
         )
 
-    run_picker(ctx, micrographs, pick)
+    run_picker(ctx, micrographs, pick, lowpass_res_A=p.lowpass_res_A)
 
 
 JOB = JobType(

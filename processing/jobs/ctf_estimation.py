@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import numpy as np
 from pydantic import model_validator
 
-from ._items import ItemResult, process_items, save_output, stem
+from ._items import ItemResult, check_nyquist, process_items, save_output, stem
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
 if TYPE_CHECKING:
@@ -95,12 +95,7 @@ def run(ctx: JobContext) -> None:
     source = _fit_source(micrographs)
     paths = micrographs.strings(f"{source}/path")
     psizes = micrographs["micrograph_blob/psize_A"]
-    for index, psize in enumerate(psizes):
-        if p.res_max_align < 2 * float(psize):
-            raise JobInputError(
-                f"params.res_max_align: {p.res_max_align} A is beyond Nyquist "
-                f"({2 * float(psize):.3g} A) of {paths[index]}"
-            )
+    check_nyquist(p.res_max_align, "res_max_align", psizes, paths)
 
     def process(index: int) -> ItemResult:
         with ctx.open_input(paths[index]) as local:

@@ -16,7 +16,15 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import model_validator
 
-from ._items import ItemResult, process_items, publish_array, publish_mrc, save_output, stem
+from ._items import (
+    ItemResult,
+    check_nyquist,
+    process_items,
+    publish_array,
+    publish_mrc,
+    save_output,
+    stem,
+)
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
 if TYPE_CHECKING:
@@ -122,17 +130,13 @@ def run(ctx: JobContext) -> None:
         raise JobInputError(
             f"params.frame_end: {p.frame_end} is beyond the {n_frames_all} frames of the movies"
         )
-    if p.frame_start >= n_frames_all - 1:
-        raise JobInputError(
-            f"params.frame_start: {p.frame_start} leaves fewer than 2 of {n_frames_all} frames"
-        )
-    for index, psize in enumerate(psizes):
-        if p.res_max_align < 2 * float(psize):
-            raise JobInputError(
-                f"params.res_max_align: {p.res_max_align} A is beyond Nyquist "
-                f"({2 * float(psize):.3g} A) of {paths[index]}"
-            )
     frame_range = (p.frame_start, p.frame_end or n_frames_all)
+    if frame_range[1] - frame_range[0] < 2:
+        raise JobInputError(
+            f"params.frame_start/frame_end: frames {frame_range[0]} to {frame_range[1]} leave "
+            f"fewer than 2 of {n_frames_all} frames to align"
+        )
+    check_nyquist(p.res_max_align, "res_max_align", psizes, paths)
 
     def process(index: int) -> ItemResult:
         path = paths[index]

@@ -74,6 +74,11 @@ def run(ctx: JobContext) -> None:
     p = cast(Params, ctx.params)
     micrographs = ctx.load_dataset("micrographs")
     templates, template_psize = _load_templates(ctx, ctx.load_dataset("templates"))
+    box_A = templates.shape[1] * template_psize
+    if p.diameter_A > box_A:
+        raise JobInputError(
+            f"params.diameter_A: {p.diameter_A} A does not fit in the {box_A:.0f} A templates"
+        )
     psizes = micrographs["micrograph_blob/psize_A"]
     by_psize: dict[float, Any] = {}
 
@@ -103,7 +108,7 @@ def run(ctx: JobContext) -> None:
             min_score=p.min_score,
         )
 
-    run_picker(ctx, micrographs, pick)
+    run_picker(ctx, micrographs, pick, lowpass_res_A=p.lowpass_res_A)
 
 
 JOB = JobType(
