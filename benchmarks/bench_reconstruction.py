@@ -1,0 +1,178 @@
+"""Reconstruction science: back-projection, 2D classification, refinement (``make bench -k recon``).
+
+- ``recon_backprojection``: particles per second reconstructing a 64^3 volume from simulated
+  particles (CTF, SNR 0.1) at their true poses. Roofline: the memory traffic of trilinear
+  insertion, 8 voxels per Fourier sample, each a complex64 datum and a float32 weight read and
+  written (192 bytes per sample), at ``memory_bandwidth_GBps``. Accuracy: FSC = 0.143
+  resolution of the map against the ground-truth volume, in px.
+- ``recon_class2d``: particles per second per EM iteration of 2D classification (K = 4,
+  10 deg rotations, +-3 px shifts, alignment to half Nyquist; 6 mini-batches of 100, then 2
+  full passes, counted as particle-iterations) on 4 simulated views. Roofline:
+  the flops of the E-step's cross-term matrix product (2 real products of
+  (particles x shifts) x band x (classes x rotations)) at ``fft_GFLOPs_2threads``, the only
+  measured flop rate (a proxy for the BLAS rate). Accuracy: purity of the classes (fraction).
+- ``recon_refine``: particles per second per iteration of gold-standard refinement (1 global
+  and 2 local iterations). Roofline: memory traffic of the trilinear slice extraction of the
+  local search (27 candidate slices per particle over the whole image, 8 complex64 voxels read
+  per sample) at ``memory_bandwidth_GBps``. Accuracy: median angular pose error in degrees.
+
+No peer runs yet: RELION 3.1.3 (apt), ASPIRE's ``MeanEstimator`` and cryoDRGN's
+``backproject_voxel`` are not installed by this script (see the issue).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from cryokube.processing.algorithms.class2d import classify_2d
+from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold
+from cryokube.processing.algorithms.projection import project
+from cryokube.processing.algorithms.reconstruction import reconstruct
+from cryokube.processing.algorithms.refine import refine_3d
+from cryokube.processing.algorithms.symmetry import axis_rotation
+from cryokube.processing.backend import rotate_image, shift_image
+from cryokube.processing.ctf import ctf_2d
+from cryokube.processing.simulate import ParticleStack, phantom_volume, simulate_particles
+from harness import Record, benchmark, best_time_s, peak_traced_MB
+
+BOX = 64
+PIXEL_SIZE_A = 2.0
+
+
+def _ctf(stack: ParticleStack, box: int) -> np.ndarray:
+    """The simulated particles' CTF on their ``rfft2`` grid."""
+    t = stack.truth
+    return np.asarray(
+        ctf_2d(
+            (box, box),
+            t.pixel_size_A,
+            defocus_u_A=t.defocus_u_A,
+            defocus_v_A=t.defocus_v_A,
+            astig_angle_deg=t.astig_angle_deg,
+            voltage_kV=t.voltage_kV,
+            cs_mm=t.cs_mm,
+            amp_contrast=t.amp_contrast,
+            b_factor_A2=t.b_factor_A2,
+        )
+    )
+
+
+@benchmark("recon_backprojection")
+def backprojection(machine: dict[str, float]) -> list[Record]:
+    n_particles = 2000
+    phantom = phantom_volume(BOX, PIXEL_SIZE_A, seed=1)
+    stack = simulate_particles(phantom.volume, PIXEL_SIZE_A, n_particles, snr=0.1, seed=2)
+    ctf = _ctf(stack, BOX)
+    rotations = stack.truth.rotations.astype(np.float32)
+    shifts = stack.truth.shifts_px[:, ::-1].astype(np.float32)
+
+    def run() -> np.ndarray:
+        return np.asarray(reconstruct(stack.images, rotations, shifts_px=shifts, ctf=ctf))
+
+    t = best_time_s(run, repeat=2)
+    volume = run()
+    resolution_px = resolution_at_threshold(
+        fsc(volume, phantom.volume), box_size_px=BOX, pixel_size_A=1.0
+    )
+    ky, kx = np.meshgrid(np.fft.fftfreq(BOX), np.fft.rfftfreq(BOX), indexing="ij")
+    samples = n_particles * int(np.count_nonzero(ky**2 + kx**2 <= 0.25))
+    limit_s = samples * 192 / (machine["memory_bandwidth_GBps"] * 1e9)
+    return [
+        Record(
+            f"reconstruction/backprojection_{BOX}px",
+            n_particles / t,
+            "particles/s",
+            ratio_to_limit=t / limit_s,
+            limit="trilinear insertion traffic (192 B/sample) at memory_bandwidth_GBps",
+            accuracy=resolution_px,
+            accuracy_unit="px, FSC 0.143 against the truth (2000 particles, SNR 0.1, CTF)",
+            peak_memory_MB=peak_traced_MB(run),
+        )
+    ]
+
+
+@benchmark("recon_class2d")
+def class2d(machine: dict[str, float]) -> list[Record]:
+    n, per_view, n_classes = 48, 100, 4
+    volume = phantom_volume(n, PIXEL_SIZE_A, seed=3).volume
+    views = np.stack(
+        [
+            axis_rotation(a, d)
+            for a, d in [((1, 0, 0), 0), ((1, 0, 0), 90), ((0, 1, 0), 90), ((1, 1, 0), 60)]
+        ]
+    ).astype(np.float32)
+    projections = project(volume, views)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n_classes), per_view)
+    images = np.stack([rotate_image(projections[k], rng.uniform(0, 360)) for k in labels])
+    images = shift_image(images, rng.uniform(-2, 2, (labels.size, 2)).astype(np.float32))
+    images = images + rng.normal(0, np.sqrt(np.var(images) / 0.1), images.shape).astype(np.float32)
+    n_online, batch, n_full = 6, 100, 2
+    # particle-iterations: mini-batch passes plus full passes
+    iterations = (n_online * batch + n_full * labels.size) / labels.size
+
+    def run() -> np.ndarray:
+        result = classify_2d(
+            images, n_classes=n_classes, pixel_size_A=PIXEL_SIZE_A, max_resolution_A=4 * PIXEL_SIZE_A,
+            n_online_iterations=n_online, online_batch_size=batch, n_full_iterations=n_full,
+        )  # fmt: skip
+        return result.assignments
+
+    t0 = time.perf_counter()
+    assignments = run()
+    t = time.perf_counter() - t0
+    purity = (
+        sum(
+            np.bincount(labels[assignments == k]).max()
+            for k in range(n_classes)
+            if np.any(assignments == k)
+        )
+        / labels.size
+    )
+    band = int(np.pi * (n / 4) ** 2 / 2)
+    flops = 2 * 2 * labels.size * 49 * band * n_classes * 36 * iterations
+    limit_s = flops / (machine["fft_GFLOPs_2threads"] * 1e9)
+    return [
+        Record(
+            f"class2d/iteration_{n}px",
+            labels.size * iterations / t,
+            "particles/s per iteration",
+            ratio_to_limit=t / limit_s,
+            limit="E-step matrix-product flops at fft_GFLOPs_2threads",
+            accuracy=float(purity),
+            accuracy_unit="class purity (fraction), 4 views, SNR 0.1",
+        )
+    ]
+
+
+@benchmark("recon_refine")
+def refine(machine: dict[str, float]) -> list[Record]:
+    n, n_particles, iterations = 48, 400, 3
+    pixel_size_A = 128.0 / n
+    volume = phantom_volume(n, pixel_size_A, seed=4).volume
+    stack = simulate_particles(volume, pixel_size_A, n_particles, snr=0.3, seed=5)
+    ctf = _ctf(stack, n)
+    truth = stack.truth
+    t0 = time.perf_counter()
+    result = refine_3d(
+        stack.images, volume, pixel_size_A=pixel_size_A, ctf=ctf, n_iterations=iterations,
+        initial_resolution_A=20.0,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    rel = np.einsum("nij,nkj->nik", result.rotations.astype(np.float64), truth.rotations)
+    errors = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    samples = n_particles * 27 * n * (n // 2 + 1) * (iterations - 2)
+    limit_s = samples * 8 * 8 / (machine["memory_bandwidth_GBps"] * 1e9)
+    return [
+        Record(
+            f"refine/iteration_{n}px",
+            n_particles * iterations / elapsed,
+            "particles/s per iteration",
+            ratio_to_limit=elapsed / limit_s,
+            limit="local-search slice interpolation traffic at memory_bandwidth_GBps",
+            accuracy=float(np.median(errors)),
+            accuracy_unit="deg, median pose error (SNR 0.3, CTF)",
+            notes=f"gold-standard resolution {result.resolution_A:.2f} A",
+        )
+    ]
