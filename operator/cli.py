@@ -203,8 +203,8 @@ async def serve(state: Path, *, port: int, mongo_port: int, slots: int) -> None:
     """The metadata service and the local controller, until cancelled."""
     from cryokube.operator.local.service import local_service
 
-    async with local_service(state, port=port, mongo_port=mongo_port) as (url, link):
-        store = ResourceStore(state)
+    store = ResourceStore(state)
+    async with local_service(state, store, port=port, mongo_port=mongo_port) as (url, link):
         controller = LocalController(
             store, slots=slots, link=link, metadata_url=url, log_dir=state / "logs"
         )

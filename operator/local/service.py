@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from cryokube.operator.console.submit import LocalStoreSubmitter, set_job_submitter
+from cryokube.operator.local.store import ResourceStore
 from cryokube.operator.metadata.app import create_app
 from cryokube.operator.metadata.settings import Settings
 from cryokube.operator.registration import HttpMetadata
@@ -44,9 +46,12 @@ def load_secrets(state: Path) -> LocalSecrets:
 
 @contextlib.asynccontextmanager
 async def local_service(
-    state: Path, *, port: int, mongo_port: int
+    state: Path, store: ResourceStore, *, port: int, mongo_port: int
 ) -> AsyncIterator[tuple[str, HttpMetadata]]:
-    """Serve the metadata service on ``127.0.0.1:port``; yield its URL and the runner's link."""
+    """Serve the metadata service on ``127.0.0.1:port``; yield its URL and the runner's link.
+
+    The console's create-job form submits into ``store``, where the local controller runs it.
+    """
     keys = load_secrets(state)
     settings = Settings(
         embedded_data_dir=state / "db",
@@ -54,7 +59,9 @@ async def local_service(
         token_secret=keys.token_secret,
         service_token=keys.service_token,
     )
-    runner = web.AppRunner(create_app(settings))
+    app = create_app(settings)
+    set_job_submitter(app, LocalStoreSubmitter(store))
+    runner = web.AppRunner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
