@@ -8,11 +8,17 @@ determination. Nat. Methods 14, 290-296 (2017). doi:10.1038/nmeth.4169
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING, Self, cast
 
+import numpy as np
 from pydantic import model_validator
 
-from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+from ._items import check_nyquist
+from ._particles import load_images, particle_ctf, pixel_size_of, publish_volumes
+from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.worker.context import JobContext
 
 
 class Params(JobParams):
@@ -44,6 +50,74 @@ class Params(JobParams):
         return self
 
 
+def run(ctx: JobContext) -> None:
+    """Build one initial map (class 0) from the particles, in C1.
+
+    Ab-initio always runs without symmetry (as cryoSPARC recommends); ``symmetry`` is checked
+    and recorded for the refinement that follows. Poses are marginalised in every mini-batch
+    and not kept, so the particles output carries the class only; refinement searches poses
+    globally. The hand of the map is arbitrary (see
+    :func:`~cryokube.processing.algorithms.abinitio.mirror_volume`). The SGD runs in one call
+    (no per-iteration hook), so a retried pod starts it again with the same seed and result.
+    """
+    from cryokube.processing.algorithms.abinitio import ab_initio
+    from cryokube.processing.algorithms.symmetry import symmetry_group
+    from cryokube.processing.backend import to_device, to_host
+
+    p = cast(Params, ctx.params)
+    if p.num_classes != 1:
+        raise JobInputError(f"params.num_classes: only 1 class is implemented, got {p.num_classes}")
+    try:
+        symmetry_group(p.symmetry)
+    except ValueError as error:
+        raise JobInputError(f"params.symmetry: {error}") from error
+    particles = ctx.load_dataset("particles")
+    pixel_size_A = pixel_size_of(particles, "particles")
+    check_nyquist(p.abinit_max_res_A, "abinit_max_res_A", [pixel_size_A], ["inputs.particles"])
+    images = load_images(ctx, particles, "particles")
+    box = int(images.shape[-1])
+    n_iterations = p.abinit_num_init_iters + p.abinit_num_final_iters
+    ctx.progress(0.1, f"SGD over {n_iterations} mini-batches of {p.abinit_minisize} particles")
+    result = ab_initio(
+        to_device(images, ctx.device),
+        pixel_size_A=pixel_size_A,
+        ctf=particle_ctf(particles, box, pixel_size_A, ctx.device),
+        n_iterations=n_iterations,
+        batch_size=p.abinit_minisize,
+        initial_resolution_A=p.abinit_init_res_A,
+        final_resolution_A=p.abinit_max_res_A,
+    )
+    ctx.progress(0.95, "writing the initial map")
+    files, dataset = publish_volumes(
+        ctx,
+        {"map": (to_host(result.volume), "volume_class_00.mrc")},
+        "volume_class_00.cs",
+        pixel_size_A=pixel_size_A,
+    )
+    resolution_A = float(result.resolution_schedule_A[-1])
+    ctx.add_output(
+        "volume",
+        dataset=dataset,
+        files=files,
+        n_items=1,
+        summary={
+            "resolution_A": round(resolution_A, 2),
+            "box_size_px": box,
+            "pixel_size_A": pixel_size_A,
+            "symmetry": p.symmetry,
+            "hand": "arbitrary: compare the map and its mirror image with a known feature",
+        },
+    )
+    assigned = particles.with_columns({"alignments3D/class": np.zeros(len(particles), np.uint32)})
+    ctx.add_output(
+        "particles",
+        dataset=ctx.save_dataset(assigned, "particles.cs"),
+        n_items=len(assigned),
+        summary={"particles": len(assigned)},
+    )
+    ctx.log(f"initial map from {len(particles)} particles, low-passed to {resolution_A:.1f} A")
+
+
 JOB = JobType(
     name="ab_initio",
     title="Ab-Initio Reconstruction",
@@ -55,4 +129,5 @@ JOB = JobType(
         OutputGroup("particles", DataKind.PARTICLES, "Particles with 3D class and pose"),
     ),
     uses_gpu=True,
+    run=run,
 )

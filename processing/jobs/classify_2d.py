@@ -10,7 +10,16 @@ determination. J. Struct. Biol. 180, 519-530 (2012). doi:10.1016/j.jsb.2012.09.0
 
 from __future__ import annotations
 
-from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+
+from ._items import check_nyquist, publish_mrc
+from ._particles import load_images, particle_ctf, pixel_size_of, shift_from_offset
+from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.worker.context import JobContext
 
 
 class Params(JobParams):
@@ -32,6 +41,100 @@ class Params(JobParams):
     )
 
 
+def run(ctx: JobContext) -> None:
+    """Classify the particles and write class averages and per-particle 2D alignments.
+
+    The algorithm runs to the end in one call (no per-iteration hook), so a retried pod
+    starts the classification again; it is deterministic for a given seed, so the result
+    is the same.
+    """
+    from cryokube.processing.algorithms.class2d import classify_2d
+    from cryokube.processing.backend import to_device, to_host
+    from cryokube.processing.datasets import Dataset
+
+    p = cast(Params, ctx.params)
+    particles = ctx.load_dataset("particles")
+    pixel_size_A = pixel_size_of(particles, "particles")
+    if p.num_classes > len(particles):
+        raise JobInputError(
+            f"params.num_classes: {p.num_classes} classes for only {len(particles)} particles"
+        )
+    check_nyquist(p.max_res_A, "max_res_A", [pixel_size_A], ["inputs.particles"])
+    images = load_images(ctx, particles, "particles")
+    box = int(images.shape[-1])
+    if p.circular_mask_diameter_A is not None and p.circular_mask_diameter_A > box * pixel_size_A:
+        raise JobInputError(
+            f"params.circular_mask_diameter_A: {p.circular_mask_diameter_A} A exceeds the "
+            f"{box * pixel_size_A:.4g} A box"
+        )
+    ctx.progress(0.1, f"classifying {len(particles)} particles into {p.num_classes} classes")
+    result = classify_2d(
+        to_device(images, ctx.device),
+        n_classes=p.num_classes,
+        pixel_size_A=pixel_size_A,
+        ctf=particle_ctf(particles, box, pixel_size_A, ctx.device),
+        max_resolution_A=p.max_res_A,
+        mask_radius_px=(
+            None
+            if p.circular_mask_diameter_A is None
+            else p.circular_mask_diameter_A / (2 * pixel_size_A)
+        ),
+        n_online_iterations=p.num_online_em_iters,
+        online_batch_size=p.batch_size_per_class * p.num_classes,
+        n_full_iterations=max(p.num_final_full_iters, 1),
+    )
+    ctx.progress(0.9, "writing class averages")
+    k = p.num_classes
+    averages = publish_mrc(
+        ctx,
+        to_host(result.class_averages),
+        "class_averages.mrcs",
+        pixel_size_A=pixel_size_A,
+        stack=True,
+    )
+    resolution_A = np.asarray(result.class_resolution_A, dtype=np.float32)
+    templates = Dataset.from_columns(
+        {
+            "blob/path": [averages.path] * k,
+            "blob/idx": np.arange(k, dtype=np.uint32),
+            "blob/shape": np.tile(np.asarray([box, box], np.uint32), (k, 1)),
+            "blob/psize_A": np.full(k, pixel_size_A, dtype=np.float32),
+            "blob/res_A": resolution_A,
+            "blob/num_particles": result.class_sizes.astype(np.uint32),
+            "alignments2D/class": np.arange(k, dtype=np.uint32),
+        },
+        uid=ctx.stable_uids([f"class{c}" for c in range(k)]),
+    )
+    finite = [None if not np.isfinite(r) else round(float(r), 2) for r in resolution_A]
+    ctx.add_output(
+        "class_averages",
+        dataset=ctx.save_dataset(templates, "class_averages.cs"),
+        files=[averages],
+        n_items=k,
+        summary={
+            "classes": k,
+            "class_sizes": result.class_sizes.tolist(),
+            "class_resolution_A": finite,
+        },
+    )
+    classified = particles.with_columns(
+        {
+            "alignments2D/class": result.assignments.astype(np.uint32),
+            "alignments2D/pose": np.radians(result.angles_deg).astype(np.float32),
+            "alignments2D/shift": shift_from_offset(result.shifts_px),
+            "alignments2D/class_posterior": result.max_probability.astype(np.float32),
+            "alignments2D/psize_A": np.full(len(particles), pixel_size_A, dtype=np.float32),
+        }
+    )
+    ctx.add_output(
+        "particles",
+        dataset=ctx.save_dataset(classified, "particles.cs"),
+        n_items=len(classified),
+        summary={"particles": len(classified), "classes": k},
+    )
+    ctx.log(f"{len(particles)} particles in {k} classes of sizes {result.class_sizes.tolist()}")
+
+
 JOB = JobType(
     name="classify_2d",
     title="2D Classification",
@@ -43,4 +146,5 @@ JOB = JobType(
         OutputGroup("class_averages", DataKind.TEMPLATES, "2D class averages"),
     ),
     uses_gpu=True,
+    run=run,
 )

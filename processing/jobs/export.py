@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
-from .base import DataKind, InputSlot, JobParams, JobType, OutputGroup, param
+from ._particles import check_fields
+from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
+
+if TYPE_CHECKING:
+    from cryokube.processing.worker.context import JobContext
 
 
 class Params(JobParams):
@@ -18,6 +22,43 @@ class Params(JobParams):
     )
 
 
+def run(ctx: JobContext) -> None:
+    """Write ``particles.star`` and/or ``particles.cs``; image paths stay project-relative.
+
+    Every RELION version offered (3.1, 4.0, 5.0) reads the same optics-group layout, so the
+    STAR file is written in that style for all of them.
+    """
+    from cryokube.processing.datasets import save_star
+
+    p = cast(Params, ctx.params)
+    if not p.formats:
+        raise JobInputError("params.formats: name at least one of 'star' and 'cs'")
+    particles = ctx.load_dataset("particles")
+    check_fields(particles, "particles", ("blob/path", "blob/idx"))
+    files = []
+    if "star" in p.formats:
+        local = ctx.scratch_path("particles.star")
+        try:
+            save_star(particles, local, style="relion31")
+        except ValueError as error:
+            raise JobInputError(f"inputs.particles: cannot write STAR: {error}") from error
+        files.append(ctx.publish(local, "particles.star"))
+    dataset = ctx.save_dataset(particles, "particles.cs") if "cs" in p.formats else None
+    ctx.add_output(
+        "particles",
+        dataset=dataset,
+        files=files,
+        n_items=len(particles),
+        summary={
+            "particles": len(particles),
+            "formats": sorted(set(p.formats)),
+            "relion_version": p.relion_version,
+            "paths": "relative to the project's storage root (RELION's project folder)",
+        },
+    )
+    ctx.log(f"exported {len(particles)} particles as {' and '.join(sorted(set(p.formats)))}")
+
+
 JOB = JobType(
     name="export",
     title="Export Particles",
@@ -25,4 +66,5 @@ JOB = JobType(
     params=Params,
     inputs=(InputSlot("particles", DataKind.PARTICLES, "Particles to export"),),
     outputs=(OutputGroup("particles", DataKind.PARTICLES, "The exported particle files"),),
+    run=run,
 )
