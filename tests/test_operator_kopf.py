@@ -8,11 +8,13 @@ the Job controller and kubelet by patching the child's status or creating pods.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+import warnings
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import kubernetes
@@ -165,10 +167,20 @@ class RunningOperator:
         config = handlers.OperatorConfig(kube_host=str(emulator.url).rstrip("/"), metrics_port=0)
         self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
         self.thread = threading.Thread(
-            target=asyncio.run,
+            target=self._serve,
             args=(handlers.run(config, stop_flag=self.stop_flag, ready_flag=self.ready_flag),),
             name="operator",
         )
+
+    @staticmethod
+    def _serve(main: Coroutine[Any, Any, None]) -> None:
+        asyncio.run(main)
+        # kopf, stopped while a request is in flight, cancels it and can leave that request's
+        # aiohttp session to the emulator unclosed. Collect it here, with its ResourceWarning
+        # silenced, so it is not reported later against whichever test runs next.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
     async def start(self) -> None:
         self.thread.start()
