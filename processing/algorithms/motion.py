@@ -59,6 +59,9 @@ _CRITICAL_A = 0.245
 _CRITICAL_B = -1.665
 _CRITICAL_C = 2.81
 
+# Frames per cross-correlation batch in the iterative alignment (bounds its temporaries).
+_FRAME_CHUNK = 8
+
 # Spatial terms of the deformation model (MotionCor2): 1, x, x^2, y, y^2, xy.
 _SPATIAL_TERMS = 6
 # Temporal terms: t, t^2, t^3 (the constant is the arbitrary per-patch offset, removed).
@@ -183,15 +186,23 @@ def _align_spectra(
     leading axes are independent stacks (patches). Returns shifts (..., n_frames, 2) in pixels of
     ``shape``, with the first frame at zero. Each iteration measures the residual shift of the
     already-aligned frame, so the sub-pixel parabola is fitted at a centred, symmetric peak.
+    Cross-correlations are computed ``_FRAME_CHUNK`` frames at a time, so the temporaries stay
+    a fraction of the spectra's size.
     """
     xp = array_module(spectra)
     shifts = xp.zeros((*spectra.shape[:-2], 2), dtype=np.float32)
+    n_frames = spectra.shape[-3]
     search = max_shift_px
     for _ in range(max_iterations):
         aligned = fourier_shift(spectra, -shifts, shape)
-        others = xp.sum(aligned, axis=-3, keepdims=True) - aligned
-        cc = irfft2(aligned * xp.conj(others) * weight, shape)
-        residual = find_peaks(cc, max_shift_px=search)
+        total = xp.sum(aligned, axis=-3, keepdims=True)
+        parts = []
+        for start in range(0, n_frames, _FRAME_CHUNK):
+            chunk = aligned[..., start : start + _FRAME_CHUNK, :, :]
+            cc = irfft2(chunk * xp.conj(total - chunk) * weight, shape)
+            parts.append(find_peaks(cc, max_shift_px=search))
+        del aligned
+        residual = xp.concatenate(parts, axis=-2)
         shifts = shifts + residual
         shifts = shifts - shifts[..., :1, :]
         # Later iterations only refine: a small search window keeps noise peaks out.
@@ -523,26 +534,30 @@ def _patch_trajectories(
     gy, gx = grid
     size = (min(ny, _even(1.5 * ny / gy)), min(nx, _even(1.5 * nx / gx)))
     taper = _taper(*size, xp, width=max(2, min(size) // 8))
-    patches = []
-    centres = []
+    corners = []
     for iy in range(gy):
         for ix in range(gx):
             cy, cx = (iy + 0.5) * ny / gy, (ix + 0.5) * nx / gx
             top = min(max(round(cy - size[0] / 2), 0), ny - size[0])
             left = min(max(round(cx - size[1] / 2), 0), nx - size[1])
-            patch = aligned[:, top : top + size[0], left : left + size[1]]
-            patch = patch - xp.mean(patch, axis=(-2, -1), keepdims=True)
-            patches.append(patch * taper)
-            centres.append((top + size[0] / 2.0, left + size[1] / 2.0))
-    spectra = rfft2(xp.stack(patches))
-    shifts = _align_spectra(
-        spectra,
-        size,
-        _bfactor_filter(size, weight_pixel_A, bfactor_A2, xp),
-        max_shift_px=max(4.0, min(size) / 8.0),
-        max_iterations=max_iterations,
-        tolerance_px=tolerance_px,
-    )
+            corners.append((top, left))
+    weight = _bfactor_filter(size, weight_pixel_A, bfactor_A2, xp)
+
+    def patch_shifts(top: int, left: int) -> Array:
+        patch = aligned[:, top : top + size[0], left : left + size[1]]
+        patch = (patch - xp.mean(patch, axis=(-2, -1), keepdims=True)) * taper
+        return _align_spectra(
+            rfft2(patch),
+            size,
+            weight,
+            max_shift_px=max(4.0, min(size) / 8.0),
+            max_iterations=max_iterations,
+            tolerance_px=tolerance_px,
+        )
+
+    # One patch at a time: all patches at once would hold 2.25x the frames (50% overlap).
+    shifts = xp.stack([patch_shifts(top, left) for top, left in corners])
+    centres = [(top + size[0] / 2.0, left + size[1] / 2.0) for top, left in corners]
     return xp.asarray(centres, dtype=np.float32), shifts
 
 
