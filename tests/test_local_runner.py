@@ -71,7 +71,8 @@ async def test_pipeline_runs_gates_and_fails_downstream(workdir: Path) -> None:
         workdir,
         PROJECT
         + job("import", "import_movies", "{blob_paths: 'movies/*.tif', psize_A: 1.0}")
-        + job("motion", "motion_correction", inputs="[{job: import, output: movies}]")
+        + job("empty", "import_movies", "{blob_paths: 'nothing/*.tif'}")
+        + job("motion", "motion_correction", inputs="[{job: empty, output: movies}]")
         + job("ctf", "ctf_estimation", inputs="[{job: motion, output: micrographs}]"),
     )
     project = store.get("Project", "lab-a", "apoferritin")
@@ -80,16 +81,17 @@ async def test_pipeline_runs_gates_and_fails_downstream(workdir: Path) -> None:
     controller = LocalController(store, slots=1, log_dir=workdir / "logs")
     await controller.reconcile_once()
     first = phases(store)
-    assert first["import"][0] == "Pending"
+    assert {first["import"][0], first["empty"][0]} == {"Pending"}  # one runs, one waits for a slot
     assert first["motion"] == ("Waiting", "WaitingForInputs")
     await controller.run(interval_s=0.1, until_idle=True)
     final = phases(store)
     assert final["import"] == ("Succeeded", "Completed")
-    # motion_correction has no worker implementation yet: exit 2 fails it at once
-    assert final["motion"] == ("Failed", "PodFailurePolicy")
+    # no movie matches: the worker exits 2 (bad input) and the Job fails at once, no retry
+    assert final["empty"] == ("Failed", "PodFailurePolicy")
+    assert final["motion"] == ("Failed", "InputFailed")
     assert final["ctf"] == ("Failed", "InputFailed")
     assert (workdir / "data" / "import" / "manifest.json").exists()
-    assert not (workdir / "data" / "ctf").exists()
+    assert not (workdir / "data" / "motion").exists()
 
 
 async def test_cancel_stops_a_waiting_job(workdir: Path) -> None:
