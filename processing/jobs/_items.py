@@ -89,7 +89,7 @@ def process_items(
     process: Callable[[int], ItemResult],
     *,
     verb: str,
-) -> tuple[dict[str, npt.NDArray[Any]], list[FileEntry], int]:
+) -> tuple[dict[str, npt.NDArray[Any]], list[FileEntry]]:
     """Process this shard's part of ``items`` with checkpoints and gather the results.
 
     Parameters
@@ -110,8 +110,6 @@ def process_items(
         The items' columns concatenated in item order (empty when the shard has no items).
     files : list of FileEntry
         Every item's files, in item order.
-    n_resumed : int
-        Items taken from an earlier attempt's checkpoints.
     """
     from cryokube.processing.worker.manifest import FileEntry
 
@@ -144,14 +142,19 @@ def process_items(
         ctx.progress((done + 1) / len(mine), f"{verb} {item}")
     if resumed:
         ctx.log(f"resumed {resumed} of {len(mine)} items from an earlier attempt's checkpoints")
-    return _concatenate(parts), files, resumed
+    return _concatenate(parts), files
 
 
 def _concatenate(parts: Sequence[Mapping[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
-    """Join item columns in order; items without rows (no picks) add nothing."""
-    parts = [p for p in parts if p and len(next(iter(p.values())))]
-    if not parts:
-        return {}
+    """Join item columns in order; items without rows (no picks) add nothing.
+
+    When no item has rows the first item's (empty) columns are returned, so that the output
+    is an empty dataset rather than none.
+    """
+    filled = [p for p in parts if p and len(next(iter(p.values())))]
+    if not filled:
+        return dict(parts[0]) if parts else {}
+    parts = filled
     names = list(parts[0])
     out: dict[str, npt.NDArray[Any]] = {}
     for name in names:

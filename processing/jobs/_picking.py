@@ -79,7 +79,7 @@ def run_picker(
             }
         )
 
-    columns, files, _ = process_items(ctx, paths, process, verb="picked")
+    columns, files = process_items(ctx, paths, process, verb="picked")
     mine = ctx.my_part(list(range(len(paths))))
     dataset = Dataset.from_columns(columns) if columns else None
     n_picks = 0 if dataset is None else len(dataset)

@@ -102,9 +102,13 @@ def run(ctx: JobContext) -> None:
             image, _ = read_mrc(local, mmap=False)
         if image.ndim != 2:
             raise JobInputError(f"{paths[index]}: a micrograph must be one 2D image")
-        box_px = min(p.box_size_pix, 2 * (min(image.shape) // 2))
+        # At least 3 x 3 half-overlapping tiles, so that the averaged spectrum is not one
+        # periodogram (whose noise is as large as the signal at every frequency).
+        box_px = min(p.box_size_pix, 2 * (min(image.shape) // 4))
         if box_px < p.box_size_pix:
-            ctx.log(f"{paths[index]}: box_size_pix {p.box_size_pix} cut to the image, {box_px}")
+            ctx.log(
+                f"{paths[index]}: box_size_pix {p.box_size_pix} cut to {box_px} px (half the image)"
+            )
         accel_kv = float(micrographs["mscope_params/accel_kv"][index])
         cs_mm = float(micrographs["mscope_params/cs_mm"][index])
         fit = estimate_ctf(
@@ -150,7 +154,7 @@ def run(ctx: JobContext) -> None:
             }
         )
 
-    columns, files, _ = process_items(ctx, paths, process, verb="fitted")
+    columns, files = process_items(ctx, paths, process, verb="fitted")
     mine = ctx.my_part(list(range(len(paths))))
     dataset = micrographs.take(mine).with_columns(columns) if mine else None
     summary: dict[str, Any] = {"micrographs": len(mine)}

@@ -186,17 +186,17 @@ def run(ctx: JobContext) -> None:
         columns |= {f: np.repeat(micrographs[f][index : index + 1], n, axis=0) for f in ctf_fields}
         return ItemResult(columns, [entry])
 
-    columns, files, _ = process_items(ctx, mic_paths, process, verb="extracted from")
+    columns, files = process_items(ctx, mic_paths, process, verb="extracted from")
     mine = ctx.my_part(list(range(len(mic_paths))))
     total = int(np.isin(on_mic, [mic_paths[i] for i in mine]).sum())
     n_extracted = len(columns.get("uid", ()))
-    dataset = Dataset.from_columns(columns) if n_extracted else None
+    dataset = Dataset.from_columns(columns) if columns else None
     summary = {
         "micrographs": len(mine),
         "particles_extracted": n_extracted,
         "dropped_at_edges": total - n_extracted,
         "box_size_px": out_box,
-        "pixel_size_A": float(dataset["blob/psize_A"][0]) if dataset is not None else None,
+        "pixel_size_A": float(columns["blob/psize_A"][0]) if n_extracted else None,
     }
     save_output(ctx, "particles", dataset, files, summary)
     ctx.log(f"extracted {n_extracted} particles, dropped {total - n_extracted} at the edges")

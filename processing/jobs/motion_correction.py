@@ -221,7 +221,7 @@ def run(ctx: JobContext) -> None:
             files,
         )
 
-    columns, files, _ = process_items(ctx, paths, process, verb="aligned")
+    columns, files = process_items(ctx, paths, process, verb="aligned")
     mine = ctx.my_part(list(range(len(paths))))
     dataset = movies.take(mine).with_columns(columns) if mine else None
     summary: dict[str, Any] = {"micrographs": len(mine)}
