@@ -98,7 +98,7 @@ async def reconcile_job(
         now=now,
         progress_percent=progress,
     )
-    if plan.action == "create" and project is not None:
+    if plan.action == "create" and project is not None and key not in memo.created:
         memo.reserved[key] = job.gpus_total()
         token = await memo.metadata.register_job(job)
         secret = build_token_secret(job, token)
@@ -106,9 +106,14 @@ async def reconcile_job(
         kopf.adopt([secret, child], owner=body)
         await kube.create(memo.api, secret)
         await kube.create(memo.api, child)
+        # Until the child index shows it, later passes would POST again (409s): remember it.
+        memo.created.add(key)
     elif plan.action == "delete":
         await kube.delete_child(memo.api, ns, child_name(name))
+        memo.created.discard(key)
         await memo.metadata.mark_job(job, plan.status["phase"])
+    if children:
+        memo.created.discard(key)  # the index has caught up
     if not plan.status.get("gpus"):
         memo.reserved.pop(key, None)
     _observe(job, plan, peers)
@@ -125,9 +130,16 @@ def _observe(job: JobResource, plan: Plan, peers: dict[str, Peer]) -> None:
     metrics.JOBS_WAITING.labels(ns).set(sum(p.phase == "Waiting" for p in peers.values()))
 
 
-def _post_event(body: Any, plan: Plan) -> None:
-    if plan.event is not None:
-        kind, reason, message = plan.event
+def _post_event(body: Any, plan: Plan, memo: kopf.Memo) -> None:
+    """Post the plan's Event once per reason: a pass on a body older than our last status write
+    sees the previous reason again and would repeat the Event."""
+    if plan.event is None:
+        return
+    kind, reason, message = plan.event
+    meta = body.get("metadata", {})
+    key = (meta.get("namespace"), meta.get("name"))
+    if memo.posted.get(key) != reason:
+        memo.posted[key] = reason
         kopf.event(body, type=kind, reason=reason, message=message)
 
 
@@ -148,7 +160,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwarg
         raise kopf.TemporaryError(str(exc), delay=exc.retry_after_s) from exc
     if plan.changed:
         patch.status.update(plan.status)
-    _post_event(body, plan)
+    _post_event(body, plan, memo)
     if plan.status["phase"] == "Invalid":
         invalid = get_condition(plan.status["conditions"], reasons.READY) or {}
         raise kopf.PermanentError(invalid.get("message", "invalid spec"))
@@ -166,11 +178,13 @@ async def child_changed(
     plan = await reconcile_job(parent, memo=memo, indexes=kwargs)
     if plan.changed:
         await kube.patch_job_status(memo.api, str(namespace), labels[JOB_LABEL], plan.status)
-    _post_event(parent, plan)
+    _post_event(parent, plan, memo)
 
 
 @kopf.on.delete(*JOBS, optional=True)
 async def deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Best effort: delete the child (and its pods) when a Job is deleted; never blocks it."""
-    memo.reserved.pop((namespace, name), None)
+    for table in (memo.reserved, memo.posted):
+        table.pop((namespace, name), None)
+    memo.created.discard((namespace, name))
     await kube.delete_child(memo.api, str(namespace), child_name(name))

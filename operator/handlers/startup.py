@@ -107,7 +107,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.api = _api_client(config)
     memo.worker_config = WorkerConfig(metadata_url=config.metadata_url)
     memo.metadata = _metadata_link(config)
+    # Per-Job facts the kopf indexes may not show yet (see handlers.jobs): GPUs reserved by a
+    # create, children created, and the last Event reason posted.
     memo.reserved = {}
+    memo.created = set()
+    memo.posted = {}
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
 
