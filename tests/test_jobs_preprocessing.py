@@ -422,6 +422,21 @@ def test_import_micrographs_registers_the_motion_corrected_sums(
     assert manifest["outputs"]["micrographs"]["summary"] == {"micrographs": 3, "shape_px": [*SHAPE]}
 
 
+def test_no_picks_give_empty_datasets_downstream(
+    project: Project, chain: dict[str, dict[str, Any]]
+) -> None:
+    root = project.root
+    params = {**BLOB, "min_score": 1000.0}
+    picks = run_ok(root, "nopicks", "blob_picker", params, "ctf/micrographs")
+    assert len(output(root, picks, "particles")) == 0
+    assert picks["outputs"]["particles"]["summary"]["picks"] == 0
+    extracted = run_ok(
+        root, "noboxes", "extract_particles", EXTRACT, "ctf/micrographs", "nopicks/particles"
+    )
+    assert len(output(root, extracted, "particles")) == 0
+    assert extracted["outputs"]["particles"]["summary"]["particles_extracted"] == 0
+
+
 @pytest.mark.parametrize(
     ("job_type", "params", "inputs", "message"),
     [
