@@ -201,14 +201,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 async def serve(state: Path, *, port: int, mongo_port: int, slots: int) -> None:
     """The metadata service and the local controller, until cancelled."""
-    from cryokube.operator.local.service import local_service
+    from cryokube.operator.local.service import load_secrets, local_service
 
     store = ResourceStore(state)
     async with local_service(state, store, port=port, mongo_port=mongo_port) as (url, link):
         controller = LocalController(
             store, slots=slots, link=link, metadata_url=url, log_dir=state / "logs"
         )
-        print(f"cryokube up: metadata service and console at {url} (state {state.resolve()})")
+        login = f"{url}/login?token={load_secrets(state).login_token}"
+        print(f"cryokube up: console at {login} (state {state.resolve()})")
         print(f"apply manifests with `cryokube --state {state} apply -f FILE`; Ctrl-C stops")
         await controller.run(interval_s=0.5)
 

@@ -60,10 +60,24 @@ async def test_up_registers_jobs_and_workers_report_to_it(tmp_path: Path) -> Non
             job = await (await http.get(f"/api/v1/jobs/{uid}", headers=headers)).json()
             events = await (await http.get(f"/api/v1/jobs/{uid}/events", headers=headers)).json()
             anonymous = await http.get(f"/api/v1/jobs/{uid}")
+            forged = await http.get(
+                "/console/projects", cookies={"cryokube_local": "x" * 64}, allow_redirects=False
+            )
+        # a browser keeps cookies for 127.0.0.1; aiohttp's jar needs unsafe=True for IP hosts
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", cookie_jar=jar) as browser:
+            login = f"/login?token={load_secrets(state).login_token}"
+            signed_in = await browser.get(login)  # follows the redirect with the cookie set
+            page = await signed_in.text()
+            wrong = await browser.get("/login?token=guess", allow_redirects=False)
         assert job["status"] == "Succeeded"
         assert job["project"] == "apo"
         assert any("imported 1 movies" in (e.get("message") or "") for e in events)
         assert anonymous.status == 401
+        assert forged.status == 401
+        assert signed_in.status == 200
+        assert wrong.status == 401
+        assert "apo" in page
         assert (state / "secrets.json").stat().st_mode & 0o077 == 0
     finally:
         task.cancel()

@@ -28,6 +28,7 @@ class LocalSecrets:
 
     token_secret: str
     service_token: str
+    login_token: str
 
 
 def load_secrets(state: Path) -> LocalSecrets:
@@ -35,13 +36,13 @@ def load_secrets(state: Path) -> LocalSecrets:
     path = state / "secrets.json"
     if not path.exists():
         state.mkdir(parents=True, exist_ok=True)
-        body = {"token_secret": secrets.token_urlsafe(48),
-                "service_token": secrets.token_urlsafe(48)}  # fmt: skip
+        body = {key: secrets.token_urlsafe(48)
+                for key in ("token_secret", "service_token", "login_token")}  # fmt: skip
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(body, f)
     raw = json.loads(path.read_text())
-    return LocalSecrets(raw["token_secret"], raw["service_token"])
+    return LocalSecrets(raw["token_secret"], raw["service_token"], raw["login_token"])
 
 
 @contextlib.asynccontextmanager
@@ -58,6 +59,7 @@ async def local_service(
         embedded_port=mongo_port,
         token_secret=keys.token_secret,
         service_token=keys.service_token,
+        local_login_token=keys.login_token,
     )
     app = create_app(settings)
     set_job_submitter(app, LocalStoreSubmitter(store))

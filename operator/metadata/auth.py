@@ -27,6 +27,7 @@ GROUPS_HEADER = "X-Forwarded-Groups"
 PROXY_SECRET_HEADER = "X-Auth-Proxy-Secret"
 API_TOKEN_PREFIX = "ck_"
 OPERATOR_NAME = "system:cryokube-operator"
+LOCAL_COOKIE = "cryokube_local"
 
 
 def bearer(request: web.Request) -> str | None:
@@ -84,6 +85,13 @@ async def user_identity(request: web.Request) -> Identity:
                 kept = tuple(known)
                 return Identity(owner, email=None, groups=kept, role=role_of(kept, settings))
         raise Unauthenticated("bearer token is not valid")
+    cookie = request.cookies.get(LOCAL_COOKIE)
+    if settings.local_login_token is not None and cookie is not None:
+        if hmac.compare_digest(cookie.encode(), settings.local_login_token.encode()):
+            return Identity(name=settings.local_user, email=None, groups=(), role=Role.ADMIN)
+        raise Unauthenticated(
+            "the local sign-in cookie is not valid; use the URL cryokube up printed"
+        )
     if not came_through_proxy(request, settings):
         raise Unauthenticated("request did not come through the auth proxy")
     name = request.headers.get(USER_HEADER, "").strip()
@@ -94,6 +102,21 @@ async def user_identity(request: web.Request) -> Identity:
     )
     email = request.headers.get(EMAIL_HEADER, "").strip() or None
     return Identity(name=name, email=email, groups=groups, role=role_of(groups, settings))
+
+
+async def local_login(request: web.Request) -> web.StreamResponse:
+    """Workstation sign-in: ``/login?token=...`` sets the local admin cookie, then the console.
+
+    Only routed when ``local_login_token`` is set (``cryokube up``); a wrong token is a 401.
+    """
+    settings = request.app[SETTINGS]
+    sent = request.query.get("token", "")
+    expected = settings.local_login_token or ""
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise Unauthenticated("login token is not valid")
+    response = web.HTTPFound("/console/")
+    response.set_cookie(LOCAL_COOKIE, expected, httponly=True, samesite="Strict", path="/")
+    raise response
 
 
 def job_claims(request: web.Request, job: str) -> JobClaims:

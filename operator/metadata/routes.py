@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .auth import local_login
+from .keys import SETTINGS
 from .views import jobs, projects, system, worker
 from .views.base import Handler
 
@@ -43,3 +45,5 @@ def setup_routes(app: web.Application) -> None:
     """Add every route of :data:`ROUTES` to ``app``'s router, named."""
     for method, path, name, handler in ROUTES:
         app.router.add_route(method, path, handler, name=name)
+    if app[SETTINGS].local_login_token is not None:
+        app.router.add_get("/login", local_login, name="local_login")

@@ -36,6 +36,20 @@ class Settings(BaseModel):
         min_length=32,
         description="Bearer token of the operator's service identity (admin); None disables it.",
     )
+    local_login_token: str | None = Field(
+        default=None,
+        min_length=32,
+        description=(
+            "Workstation mode only (cryokube up): GET /login?token=<this> sets a cookie that "
+            "signs the browser in as the local admin. Never set in a cluster (the proxy signs in)."
+        ),
+    )
+    local_user: str = Field(
+        default="local",
+        min_length=1,
+        max_length=200,
+        description="User name of the workstation's local admin.",
+    )
     proxy_secret: str | None = Field(
         default=None,
         min_length=16,
