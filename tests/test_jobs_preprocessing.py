@@ -437,6 +437,26 @@ def test_no_picks_give_empty_datasets_downstream(
     assert extracted["outputs"]["particles"]["summary"]["particles_extracted"] == 0
 
 
+def test_recentring_moves_boxes_to_the_2d_classification_offset() -> None:
+    """A particle found 1 px below and 2 px left of its box centre (box pixels of 2 A) on a
+    1 A/px micrograph is re-extracted 2 px down and 4 px left, in 2D classification's terms."""
+    from cryokube.processing.jobs._particles import shift_from_offset
+    from cryokube.processing.jobs.extract_particles import _recentred
+
+    offset_yx_px = np.array([[1.0, -2.0]])
+    particles = Dataset.from_columns(
+        {
+            "location/center_x_frac": np.array([0.5], dtype=np.float32),
+            "location/center_y_frac": np.array([0.25], dtype=np.float32),
+            "location/micrograph_shape": np.array([[200, 200]], dtype=np.uint32),
+            "alignments2D/shift": shift_from_offset(offset_yx_px),
+            "alignments2D/psize_A": np.array([2.0], dtype=np.float32),
+        },
+        seed=0,
+    )
+    np.testing.assert_allclose(_recentred(particles, np.array([1.0])), [[96.0, 52.0]])
+
+
 @pytest.mark.parametrize(
     ("job_type", "params", "inputs", "message"),
     [

@@ -108,7 +108,7 @@ def _recentred(particles: Dataset, mic_psize_A: npt.NDArray[Any]) -> npt.NDArray
     """Centres (n, 2) as (x, y) px moved by upstream 2D shifts (RELION: ``X - rlnOriginX``)."""
     centres = centres_px(particles)
     shift = particles.get("alignments2D/shift")
-    psize = particles.get("blob/psize_A")
+    psize = particles.get("alignments2D/psize_A", default=particles.get("blob/psize_A"))
     if shift is None or psize is None:
         return centres
     moved: npt.NDArray[np.float64] = centres - shift * (psize / mic_psize_A)[:, None]
