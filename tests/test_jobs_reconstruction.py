@@ -18,6 +18,7 @@ import pytest
 import starfile
 from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold, soft_spherical_mask
 from cryokube.processing.algorithms.refine import back_project_halves
+from cryokube.processing.backend import gpu_available
 from cryokube.processing.ctf import ctf_2d
 from cryokube.processing.datasets import Dataset, load_cs, save_cs
 from cryokube.processing.geometry import axis_angle_to_matrix, euler_to_matrix
@@ -207,32 +208,43 @@ def test_import_volume_keeps_values_and_sets_the_pixel_size(
     assert info.pixel_size_A == pytest.approx(PIXEL_SIZE_A)
 
 
+CLASSIFY = {
+    "num_classes": 3,
+    "max_res_A": 12.0,
+    "num_online_em_iters": 4,
+    "batch_size_per_class": 30,
+    "num_final_full_iters": 2,
+}
+
+
+def classify_views(views_project: Any, job: str, **env: str) -> tuple[Any, np.ndarray]:
+    """Run classify_2d on the three views; check purity; the outputs and (class, view) counts.
+
+    Purity: each class is dominated by one view (90% of the particles in their class's
+    majority view), and each view by a different class.
+    """
+    root, view, _ = views_project
+    result = run_worker(
+        root, job, "classify_2d", CLASSIFY, [{"job": "import", "output": "particles"}], **env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = manifest(root, job)["outputs"]
+    particles = load_cs(root / job / "particles.cs")
+    table = np.zeros((3, 3), int)
+    np.add.at(table, (particles["alignments2D/class"].astype(int), view), 1)
+    assert table.max(axis=1).sum() / view.size >= 0.9, table
+    assert sorted(table.argmax(axis=1).tolist()) == [0, 1, 2], table
+    return outputs, table
+
+
 @pytest.mark.slow
 def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_project: Any) -> None:
-    root, view, _ = views_project
-    outputs = run_ok(
-        root,
-        "classes",
-        "classify_2d",
-        {
-            "num_classes": 3,
-            "max_res_A": 12.0,
-            "num_online_em_iters": 4,
-            "batch_size_per_class": 30,
-            "num_final_full_iters": 2,
-        },
-        [{"job": "import", "output": "particles"}],
-    )
+    root = views_project[0]
+    outputs, table = classify_views(views_project, "classes")
     summary = outputs["class_averages"]["summary"]
     assert summary["classes"] == 3
     assert sum(summary["class_sizes"]) == 180
     particles = load_cs(root / "classes" / "particles.cs")
-    labels = particles["alignments2D/class"].astype(int)
-    # purity: each class is dominated by one view, and each view by one class
-    table = np.zeros((3, 3), int)
-    np.add.at(table, (labels, view), 1)
-    assert table.max(axis=1).sum() / 180 >= 0.9, table
-    assert sorted(table.argmax(axis=1).tolist()) == [0, 1, 2], table
     averages, info = read_mrc(root / "classes" / "class_averages.mrcs")
     assert averages.shape == (3, BOX_PX, BOX_PX)
     assert info.pixel_size_A == pytest.approx(4.0)
@@ -256,6 +268,7 @@ def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_projec
     assert templates["blob/idx"].tolist() == [keep]
 
 
+@pytest.mark.slow
 def test_ab_initio_writes_an_initial_map_at_the_final_resolution(random_project: Any) -> None:
     """Wiring only: at box 32 the SGD's poses are not reliable (see the refinement test)."""
     root, _ = random_project
@@ -364,3 +377,9 @@ def test_refinement_recovers_the_true_poses_and_exports_them(
     cs = CsDataset.load(root / "export" / "particles.cs")
     np.testing.assert_array_equal(cs["uid"], refined.uid)
     np.testing.assert_array_equal(cs["alignments3D/pose"], refined["alignments3D/pose"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="CuPy with a CUDA device is not available")
+def test_classify_2d_on_the_gpu_separates_the_views(views_project: Any) -> None:
+    classify_views(views_project, "classes-gpu", CRYOKUBE_DEVICE="gpu")
