@@ -99,15 +99,20 @@ async def reconcile_job(
         progress_percent=progress,
     )
     if plan.action == "create" and project is not None and key not in memo.created:
-        memo.reserved[key] = job.gpus_total()
-        token = await memo.metadata.register_job(job)
-        secret = build_token_secret(job, token)
-        child = build_child_job(job, project, config=memo.worker_config)
-        kopf.adopt([secret, child], owner=body)
-        await kube.create(memo.api, secret)
-        await kube.create(memo.api, child)
-        # Until the child index shows it, later passes would POST again (409s): remember it.
+        # Claimed before the first await: the timer and the event handlers of one Job run in
+        # different tasks, and until the child index shows the child they would POST it again.
         memo.created.add(key)
+        memo.reserved[key] = job.gpus_total()
+        try:
+            token = await memo.metadata.register_job(job)
+            secret = build_token_secret(job, token)
+            child = build_child_job(job, project, config=memo.worker_config)
+            kopf.adopt([secret, child], owner=body)
+            await kube.create(memo.api, secret)
+            await kube.create(memo.api, child)
+        except BaseException:
+            memo.created.discard(key)
+            raise
     elif plan.action == "delete":
         await kube.delete_child(memo.api, ns, child_name(name))
         memo.created.discard(key)
@@ -149,6 +154,7 @@ def _post_event(body: Any, plan: Plan, memo: kopf.Memo) -> None:
 @kopf.timer(
     *JOBS,
     interval=RECHECK_INTERVAL_S,
+    initial_delay=RECHECK_INTERVAL_S,  # the create/resume handler makes the first pass
     # Ended and invalid Jobs change only through their spec (on.update), never by waiting.
     when=lambda status, **_: status.get("phase") not in {*TERMINAL_PHASES, "Invalid"},
 )
