@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from cryokube.processing.worker.context import JobContext
     from cryokube.processing.worker.manifest import FileEntry
 
+NYQUIST_PX = 2.0
+"""Nyquist resolution in pixels: resolution limits finer than this many pixel sizes are
+raised to it (cryoSPARC clamps them likewise)."""
+
 PARTICLE_FIELDS = ("blob/path", "blob/idx", "blob/psize_A")
 """Fields every particles input must carry."""
 

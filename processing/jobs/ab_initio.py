@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Self, cast
 import numpy as np
 from pydantic import model_validator
 
-from ._items import check_nyquist
-from ._particles import load_images, particle_ctf, pixel_size_of, publish_volumes
+from ._particles import NYQUIST_PX, load_images, particle_ctf, pixel_size_of, publish_volumes
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
 if TYPE_CHECKING:
@@ -73,7 +72,16 @@ def run(ctx: JobContext) -> None:
         raise JobInputError(f"params.symmetry: {error}") from error
     particles = ctx.load_dataset("particles")
     pixel_size_A = pixel_size_of(particles, "particles")
-    check_nyquist(p.abinit_max_res_A, "abinit_max_res_A", [pixel_size_A], ["inputs.particles"])
+    final_res_A = max(p.abinit_max_res_A, NYQUIST_PX * pixel_size_A)
+    if final_res_A > p.abinit_init_res_A:
+        raise JobInputError(
+            f"params.abinit_init_res_A: {p.abinit_init_res_A} A is finer than Nyquist "
+            f"({final_res_A:.3g} A) of the particles"
+        )
+    if final_res_A > p.abinit_max_res_A:
+        ctx.log(
+            f"abinit_max_res_A {p.abinit_max_res_A} A is beyond Nyquist; ending at {final_res_A:.3g} A"
+        )
     images = load_images(ctx, particles, "particles")
     box = int(images.shape[-1])
     n_iterations = p.abinit_num_init_iters + p.abinit_num_final_iters
@@ -85,7 +93,7 @@ def run(ctx: JobContext) -> None:
         n_iterations=n_iterations,
         batch_size=p.abinit_minisize,
         initial_resolution_A=p.abinit_init_res_A,
-        final_resolution_A=p.abinit_max_res_A,
+        final_resolution_A=final_res_A,
     )
     ctx.progress(0.95, "writing the initial map")
     files, dataset = publish_volumes(

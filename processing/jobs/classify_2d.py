@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from ._items import check_nyquist, publish_mrc
-from ._particles import load_images, particle_ctf, pixel_size_of, shift_from_offset
+from ._items import publish_mrc
+from ._particles import NYQUIST_PX, load_images, particle_ctf, pixel_size_of, shift_from_offset
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
 if TYPE_CHECKING:
@@ -59,7 +59,9 @@ def run(ctx: JobContext) -> None:
         raise JobInputError(
             f"params.num_classes: {p.num_classes} classes for only {len(particles)} particles"
         )
-    check_nyquist(p.max_res_A, "max_res_A", [pixel_size_A], ["inputs.particles"])
+    max_res_A = max(p.max_res_A, NYQUIST_PX * pixel_size_A)
+    if max_res_A > p.max_res_A:
+        ctx.log(f"max_res_A {p.max_res_A} A is beyond Nyquist; aligning to {max_res_A:.3g} A")
     images = load_images(ctx, particles, "particles")
     box = int(images.shape[-1])
     if p.circular_mask_diameter_A is not None and p.circular_mask_diameter_A > box * pixel_size_A:
@@ -73,7 +75,7 @@ def run(ctx: JobContext) -> None:
         n_classes=p.num_classes,
         pixel_size_A=pixel_size_A,
         ctf=particle_ctf(particles, box, pixel_size_A, ctx.device),
-        max_resolution_A=p.max_res_A,
+        max_resolution_A=max_res_A,
         mask_radius_px=(
             None
             if p.circular_mask_diameter_A is None

@@ -69,8 +69,13 @@ def _check_params(p: Params) -> None:
             raise JobInputError(f"params.{name}: CTF refinement is not implemented")
 
 
-def _fsc_table(curves: Any, box: int, pixel_size_A: float) -> dict[str, Any]:
-    """The FSC curves (shells 1 .. N/2) as a (4, N/2) table and as JSON-ready lists."""
+def _fsc_curves(curves: Any, box: int, pixel_size_A: float) -> tuple[Any, dict[str, Any]]:
+    """The FSC curves of shells 1 .. N/2: a (5, N/2) table and JSON-ready summary lists.
+
+    The table's rows are the frequency (1/A) then the corrected, unmasked, masked and
+    phase-randomised FSC (the console's ``*_fsc.npy`` layout); the summary has
+    ``fsc_resolution_A`` and ``fsc_<curve>`` lists.
+    """
     from cryokube.processing.algorithms.fsc import shell_resolution_A
     from cryokube.processing.backend import to_host
 
@@ -80,16 +85,11 @@ def _fsc_table(curves: Any, box: int, pixel_size_A: float) -> dict[str, Any]:
     resolution_A = np.asarray(
         shell_resolution_A(box // 2 + 1, box_size_px=box, pixel_size_A=pixel_size_A)
     )[1:]
-    return {
-        "table": np.stack([shells / (box * pixel_size_A), *values]).astype(np.float32),
-        "summary": {
-            "resolution_A": [round(float(r), 3) for r in resolution_A],
-            **{
-                name: [round(float(v), 4) for v in curve]
-                for name, curve in zip(names, values, strict=True)
-            },
-        },
-    }
+    table = np.stack([shells / (box * pixel_size_A), *values]).astype(np.float32)
+    summary: dict[str, Any] = {"fsc_resolution_A": [round(float(r), 3) for r in resolution_A]}
+    for name, curve in zip(names, values, strict=True):
+        summary[f"fsc_{name}"] = [round(float(v), 4) for v in curve]
+    return table, summary
 
 
 def run(ctx: JobContext) -> None:
@@ -97,8 +97,10 @@ def run(ctx: JobContext) -> None:
 
     The mask of the final FSC is the input mask for ``refine_mask="static"``, none for
     ``"null"``, and for ``"dynamic"`` the refinement's own soft sphere of 0.4 of the box
-    (a map-derived mask is not implemented). The search runs in one call (no per-iteration
-    hook), so a retried pod starts it again; it is deterministic for a given seed.
+    (a map-derived mask is not implemented). The published map is the average of the half
+    maps weighted by ``sqrt(2 FSC / (1 + FSC))`` per shell, without a B-factor. The search runs
+    in one call (no per-iteration hook), so a retried pod starts it again; it is deterministic
+    for a given seed.
     """
     from cryokube.processing.algorithms.fsc import (
         masked_fsc,
@@ -178,8 +180,8 @@ def run(ctx: JobContext) -> None:
         "volume.cs",
         pixel_size_A=pixel_size_A,
     )
-    fsc = _fsc_table(curves, box, pixel_size_A)
-    files.append(publish_array(ctx, fsc["table"], "volume_fsc.npy"))
+    fsc_table, fsc_summary = _fsc_curves(curves, box, pixel_size_A)
+    files.append(publish_array(ctx, fsc_table, "volume_fsc.npy"))
     ctx.add_output(
         "volume",
         dataset=dataset,
@@ -191,10 +193,8 @@ def run(ctx: JobContext) -> None:
             "mask": p.refine_mask,
             "symmetry": p.refine_symmetry,
             "resolution_history_A": [round(r, 3) for r in result.resolution_history_A],
-            "fsc": fsc["summary"],
-            "hand": "that of the input map; single-particle data cannot tell a map from its "
-            "mirror image",
-            "map": "average of the half maps weighted by sqrt(2 FSC / (1 + FSC)), B = 0",
+            **fsc_summary,
+            "hand": "that of the input map (arbitrary after ab-initio)",
         },
     )
     mask_files, mask_dataset = publish_volumes(
