@@ -98,6 +98,18 @@ def run_ok(root: Path, job: str, job_type: str, params: dict[str, Any], inputs: 
     return manifest(root, job)["outputs"]
 
 
+def assert_rejected(
+    root: Path, job: str, job_type: str, params: dict[str, Any], inputs: Any, message: str
+) -> None:
+    """The job exits 2 (bad input), reports ``message`` and leaves the project untouched."""
+    before = tree(root)
+    result = run_worker(root, job, job_type, params, inputs)
+    assert result.returncode == 2, result.stderr[-3000:]
+    spool = (root / job / ".cryokube" / "reports-0" / "events.jsonl").read_text()
+    assert message in spool
+    assert tree(root) == before
+
+
 @pytest.fixture(scope="module")
 def volume() -> np.ndarray:
     return np.asarray(phantom_volume(BOX_PX, PIXEL_SIZE_A, seed=1).volume, np.float32)
@@ -168,28 +180,22 @@ def test_import_particles_references_the_stacks_in_place(random_project: Any) ->
     assert len(np.unique(particles.uid)) == 400
 
 
-@pytest.mark.parametrize(
-    ("star_path", "message"),
-    [("../../outside.mrcs", "'..' would leave the project root")],
-)
-def test_import_particles_rejects_stacks_outside_or_missing(
-    tmp_path: Path, star_path: str, message: str
-) -> None:
+def test_import_particles_rejects_stacks_outside_the_project(tmp_path: Path) -> None:
     root = tmp_path / "project"
     (root / "raw").mkdir(parents=True)
     starfile.write(
-        pd.DataFrame({"rlnImageName": [f"1@{star_path}"], "rlnImagePixelSize": [1.0]}),
+        pd.DataFrame({"rlnImageName": ["1@../../outside.mrcs"], "rlnImagePixelSize": [1.0]}),
         root / "raw" / "particles.star",
     )
-    before = tree(root)
-    result = run_worker(
-        root, "import", "import_particles", {"particle_meta_path": "raw/particles.star"}
+    assert_rejected(
+        root,
+        "import",
+        "import_particles",
+        {"particle_meta_path": "raw/particles.star"},
+        None,
+        "params.particle_meta_path: stack '../../outside.mrcs': path '../outside.mrcs' is not "
+        "allowed: '..' would leave the project root",
     )
-    assert result.returncode == 2, result.stderr[-2000:]
-    spool = (root / "import" / ".cryokube" / "reports-0" / "events.jsonl").read_text()
-    assert "params.particle_meta_path" in spool
-    assert message in spool
-    assert tree(root) == before
 
 
 def test_import_volume_keeps_values_and_sets_the_pixel_size(
@@ -251,6 +257,14 @@ def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_projec
     assert all(r is not None and r < 40.0 for r in summary["class_resolution_A"])
     assert np.all(np.abs(particles["alignments2D/shift"]) <= 3.0)
 
+    assert_rejected(
+        root,
+        "select",
+        "select_2d",
+        {"class_indices": [0, 3]},
+        [{"job": "classes", "output": "particles"}, {"job": "classes", "output": "class_averages"}],
+        "params.class_indices: [3] not in 0 .. 2",
+    )
     keep = int(table[:, 0].argmax())  # the class holding view 0
     selected = run_ok(
         root,
@@ -310,12 +324,24 @@ def test_refinement_recovers_the_true_poses_and_exports_them(
     root, stack = random_project
     write_mrc(root / "raw" / "truth.mrc", volume, pixel_size_A=PIXEL_SIZE_A)
     run_ok(root, "truth", "import_volume", {"volume_blob_path": "raw/truth.mrc"})
+    refine_inputs = [
+        {"job": "import", "output": "particles"},
+        {"job": "truth", "output": "volume"},
+    ]
+    assert_rejected(
+        root,
+        "refine",
+        "homogeneous_refinement",
+        {"refine_mask": "static"},
+        refine_inputs,
+        "params.refine_mask: 'static' needs a mask on inputs.mask",
+    )
     outputs = run_ok(
         root,
         "refine",
         "homogeneous_refinement",
         {"refine_res_init_A": 30.0, "refine_num_final_iterations": 0},
-        [{"job": "import", "output": "particles"}, {"job": "truth", "output": "volume"}],
+        refine_inputs,
     )
     summary = outputs["volume"]["summary"]
     refined = load_cs(root / "refine" / "particles.cs")
