@@ -265,6 +265,14 @@ def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_projec
         [{"job": "classes", "output": "particles"}, {"job": "classes", "output": "class_averages"}],
         "params.class_indices: [3] not in 0 .. 2",
     )
+    assert_rejected(
+        root,
+        "select",
+        "select_2d",
+        {"min_res_A": 5.0},
+        [{"job": "classes", "output": "particles"}, {"job": "classes", "output": "class_averages"}],
+        "params.min_res_A: no class with at least 10 particles reaches 5.0 A",
+    )
     keep = int(table[:, 0].argmax())  # the class holding view 0
     selected = run_ok(
         root,
@@ -280,6 +288,17 @@ def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_projec
     assert selected["particles_excluded"]["n_items"] == 180 - int(table[keep].sum())
     templates = load_cs(root / selected["templates_selected"]["datasets"][0])
     assert templates["blob/idx"].tolist() == [keep]
+    automatic = run_ok(
+        root,
+        "auto",
+        "select_2d",
+        {"min_res_A": 40.0, "min_particles": 10},
+        [{"job": "classes", "output": "particles"}, {"job": "classes", "output": "class_averages"}],
+    )
+    assert automatic["particles_selected"]["summary"] == {
+        "classes_kept": [0, 1, 2],
+        "particles_kept": 180,
+    }
 
 
 @pytest.mark.slow

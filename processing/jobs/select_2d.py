@@ -56,6 +56,15 @@ def run(ctx: JobContext) -> None:
             min_particles=p.min_particles,
             max_resolution_A=p.min_res_A,
         )
+    if not selection.particle_mask.any():
+        best = float(np.min(classes["blob/res_A"])) if n_classes else float("inf")
+        raise JobInputError(
+            f"params.min_res_A: no class with at least {p.min_particles} particles reaches "
+            f"{p.min_res_A} A (best class: {best:.3g} A); relax min_res_A or min_particles, "
+            "or name class_indices"
+            if p.class_indices is None
+            else "params.class_indices: the named classes hold no particles"
+        )
     kept = particles.mask(selection.particle_mask)
     excluded = particles.mask(~selection.particle_mask)
     templates = classes.take(selection.classes)
