@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import threading
+import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -87,6 +89,21 @@ class ProcessResult:
     output: str
 
 
+# A small intermediary forks the peer and reports the peer's own peak RSS. Linux carries a
+# process's high-water mark across execve, so a peer forked straight from a large benchmark
+# process would report the benchmark's memory as its own.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_process(
     argv: Sequence[str],
     *,
@@ -95,26 +112,23 @@ def run_process(
     timeout_s: float = 3600,
 ) -> ProcessResult:
     """Run a peer command; its wall time and its own peak RSS (``wait4`` of that child)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    timer = threading.Timer(timeout_s, proc.kill)
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-        proc.stdout.close() if proc.stdout else None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return ProcessResult(proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, out)
+    with tempfile.TemporaryDirectory(prefix="cryokube-bench-") as tmp:
+        rss_file = Path(tmp) / "maxrss_kB"
+        t0 = time.perf_counter()
+        with subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(rss_file), *argv], cwd=cwd,
+            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ) as proc:  # fmt: skip
+            try:
+                out, _ = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the peer too, not only the intermediary
+                out, _ = proc.communicate()
+            code = proc.returncode
+        wall = time.perf_counter() - t0
+        peak_kB = int(rss_file.read_text()) if rss_file.exists() else 0
+    return ProcessResult(code, wall, peak_kB / 1024, out)
 
 
 def write_report(
