@@ -44,9 +44,12 @@ class Params(JobParams):
 def run(ctx: JobContext) -> None:
     """Classify the particles and write class averages and per-particle 2D alignments.
 
-    The algorithm runs to the end in one call (no per-iteration hook), so a retried pod
-    starts the classification again; it is deterministic for a given seed, so the result
-    is the same.
+    Online-EM mini-batches hold ``batch_size_per_class * num_classes`` particles; at least
+    one full pass ends the run (``num_final_full_iters=0`` runs one). Each particle takes its
+    best pose within a class (``force_max_over_poses`` is always on, and the initial class
+    uncertainty is the algorithm's own: ``uncertainty_factor`` is not used). The algorithm
+    runs to the end in one call (no per-iteration hook), so a retried pod starts the
+    classification again; it is deterministic for a given seed, so the result is the same.
     """
     from cryokube.processing.algorithms.class2d import classify_2d
     from cryokube.processing.backend import to_device, to_host
