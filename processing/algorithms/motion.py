@@ -370,8 +370,8 @@ def align_movie(
     local_bfactor_A2: float = 500.0,
     patch_grid: tuple[int, int] | None = (5, 5),
     max_shift_A: float = 100.0,
-    max_iterations: int = 10,
-    tolerance_px: float = 0.01,
+    max_iterations: int = 7,
+    tolerance_px: float = 0.05,
     pre_exposure_e_per_A2: float = 0.0,
     dose_weighting: bool = True,
     fourier_crop_factor: float = 1.0,
@@ -403,7 +403,8 @@ def align_movie(
     max_shift_A : float
         Largest shift searched in the first iteration (A).
     max_iterations, tolerance_px
-        Iteration limit, and convergence threshold on the largest update (px).
+        Iteration limit (7, as MotionCor2's ``-Iter``), and convergence threshold on the largest
+        update, in pixels of the binned alignment frames.
     pre_exposure_e_per_A2 : float
         Exposure received before the first frame (e/A^2).
     dose_weighting : bool
