@@ -38,11 +38,21 @@ class DemoSize:
 
 
 SIZES = {
-    "small": DemoSize(3, 512, 12, 48, 3.0, 12, 1.5, 4),
-    "default": DemoSize(8, 1024, 40, 64, 2.5, 20, 1.2, 8),
+    "small": DemoSize(4, 448, 16, 40, 2.5, 12, 1.5, 3),
+    "default": DemoSize(10, 1024, 50, 48, 3.0, 20, 2.0, 6),
 }
 
 DEFOCI_A = (9000.0, 12000.0, 15000.0, 18000.0, 21000.0, 24000.0, 27000.0, 30000.0)
+
+
+@dataclass
+class MovieTruth:
+    """One simulated exposure: its file, drift, CTF and particle centres."""
+
+    path: str
+    drift_yx_px: Any
+    defocus_mean_A: float
+    centres_yx_px: Any
 
 
 @dataclass
@@ -50,11 +60,13 @@ class DemoTruth:
     """What the demo data were made from (physical units)."""
 
     pixel_size_A: float
-    defocus_A: list[float]
-    drift_total_px: list[float]
-    n_particles: int
+    movies: list[MovieTruth]
     particle_diameter_A: float
     volume: Any
+
+    @property
+    def n_particles(self) -> int:
+        return sum(len(m.centres_yx_px) for m in self.movies)
 
 
 def simulate_project(root: Path, size: DemoSize) -> DemoTruth:
@@ -69,8 +81,7 @@ def simulate_project(root: Path, size: DemoSize) -> DemoTruth:
     raw = root / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     phantom = phantom_volume(size.box_px, size.pixel_size_A, seed=1)
-    defoci, drifts = [], []
-    n_particles = 0
+    movies = []
     for index in range(size.n_movies):
         defocus = DEFOCI_A[index % len(DEFOCI_A)]
         micrograph = simulate_micrograph(
@@ -84,20 +95,31 @@ def simulate_project(root: Path, size: DemoSize) -> DemoTruth:
         movie = simulate_movie(
             micrograph.clean, pixel_size_A=size.pixel_size_A, n_frames=size.n_frames,
             dose_per_frame_e_per_A2=size.dose_per_frame_e_per_A2, seed=200 + index,
+            gain_variation=0.0,  # one camera: every movie shares the gain written below
+            image_contrast=0.35,
         )  # fmt: skip
-        save_movie(
-            movie, raw / f"movie_{index:03d}.tif",
-            gain_path=raw / "gain.mrc" if index == 0 else None,
-        )  # fmt: skip
-        defoci.append(defocus)
-        path = np.diff(movie.truth.drift_px, axis=0)
-        drifts.append(float(np.linalg.norm(path, axis=1).sum()))
-        n_particles += len(micrograph.truth.centres_px)
+        path = f"raw/movie_{index:03d}.tif"
+        save_movie(movie, root / path, gain_path=raw / "gain.mrc" if index == 0 else None)
+        movies.append(
+            MovieTruth(
+                path=path,
+                drift_yx_px=movie.truth.drift_px[:, ::-1],
+                defocus_mean_A=defocus,
+                centres_yx_px=micrograph.truth.centres_px[:, ::-1],
+            )
+        )
     return DemoTruth(
-        pixel_size_A=size.pixel_size_A, defocus_A=defoci, drift_total_px=drifts,
-        n_particles=n_particles, particle_diameter_A=0.8 * size.box_px * size.pixel_size_A,
+        pixel_size_A=size.pixel_size_A, movies=movies,
+        particle_diameter_A=particle_diameter_A(phantom.volume, size.pixel_size_A),
         volume=phantom.volume,
     )  # fmt: skip
+
+
+def particle_diameter_A(volume: Any, pixel_size_A: float) -> float:
+    """Diameter of the density above 5% of its peak, about the box centre (Å)."""
+    inside = np.argwhere(volume > 0.05 * volume.max())
+    centre = (np.asarray(volume.shape) - 1) / 2
+    return float(2 * np.linalg.norm(inside - centre, axis=1).max() * pixel_size_A)
 
 
 def pipeline_manifest(root: Path, size: DemoSize, truth: DemoTruth) -> str:
@@ -135,7 +157,8 @@ metadata: {{name: ctf, namespace: {NAMESPACE}}}
 spec:
   project: demo
   type: ctf_estimation
-  params: {{amp_contrast: 0.07, res_max_align: {max(5.0, 2.5 * size.pixel_size_A)}}}
+  params: {{amp_contrast: 0.07, res_min_align: 30, res_max_align: {max(6.0, 2.5 * size.pixel_size_A)},
+           box_size_pix: 128, df_search_min: 5000, df_search_max: 40000}}
   inputs: [{{job: motion, output: micrographs}}]
 ---
 apiVersion: cryokube.io/v1alpha1
@@ -144,8 +167,8 @@ metadata: {{name: picks, namespace: {NAMESPACE}}}
 spec:
   project: demo
   type: blob_picker
-  params: {{diameter_min_A: {0.7 * diameter:.0f}, diameter_max_A: {1.1 * diameter:.0f},
-           max_num_hits: {2 * size.particles_per_micrograph}}}
+  params: {{diameter_min_A: {0.8 * diameter:.0f}, diameter_max_A: {1.2 * diameter:.0f},
+           max_num_hits: {2 * size.particles_per_micrograph}, min_score: 4}}
   inputs: [{{job: ctf, output: micrographs}}]
 ---
 apiVersion: cryokube.io/v1alpha1
@@ -174,7 +197,7 @@ metadata: {{name: select, namespace: {NAMESPACE}}}
 spec:
   project: demo
   type: select_2d
-  params: {{}}
+  params: {{min_particles: 3, min_res_A: {8 * size.pixel_size_A:.0f}}}
   inputs:
     - {{job: classes, output: particles}}
     - {{job: classes, output: class_averages}}
@@ -185,7 +208,8 @@ metadata: {{name: abinit, namespace: {NAMESPACE}}}
 spec:
   project: demo
   type: ab_initio
-  params: {{num_classes: 1}}
+  params: {{num_classes: 1, abinit_num_init_iters: 20, abinit_num_final_iters: 30,
+           abinit_init_res_A: 35, abinit_max_res_A: {max(12.0, 4 * size.pixel_size_A):.0f}}}
   inputs: [{{job: select, output: particles_selected}}]
 ---
 apiVersion: cryokube.io/v1alpha1
@@ -202,30 +226,93 @@ spec:
 
 
 def job_summaries(root: Path) -> dict[str, dict[str, Any]]:
-    """Each finished job's output summaries, from its manifest."""
+    """Each finished job's main output summary (its first output group), from its manifest."""
     out: dict[str, dict[str, Any]] = {}
     for manifest in sorted(root.glob("*/manifest.json")):
         body = json.loads(manifest.read_text())
-        merged: dict[str, Any] = {}
-        for group in body["outputs"].values():
-            merged.update(group.get("summary", {}))
-        out[body["job"]] = merged
+        groups = list(body["outputs"].values())
+        out[body["job"]] = groups[0].get("summary", {}) if groups else {}
     return out
 
 
-def report(summaries: dict[str, dict[str, Any]], truth: DemoTruth) -> list[str]:
-    """One line per job: its key result, and the truth where one is known."""
+def _dataset(root: Path, job: str, group: str) -> Any:
+    from cryokube.processing.datasets import concatenate, load_cs
+
+    manifest = json.loads((root / job / "manifest.json").read_text())
+    parts = [load_cs(root / key) for key in manifest["outputs"][group]["datasets"]]
+    return parts[0] if len(parts) == 1 else concatenate(parts)
+
+
+@dataclass
+class Accuracy:
+    """The demo's results against the truth, in physical units."""
+
+    drift_rms_error_px: float
+    defocus_mean_error_percent: float
+    pick_precision: float
+    pick_recall: float
+    final_resolution_A: float
+    nyquist_A: float
+
+
+def accuracy(root: Path, truth: DemoTruth) -> Accuracy:
+    """Compare the jobs' outputs with the simulation: trajectories, defocus, picks, map."""
+    by_movie = {m.path: m for m in truth.movies}
+    micrographs = _dataset(root, "ctf", "micrographs")
+    movie_paths = micrographs.strings("movie_blob/path")
+    errors, defocus_errors, micrograph_movie = [], [], {}
+    for i, movie_path in enumerate(movie_paths):
+        movie = by_movie[movie_path]
+        trajectory = np.load(root / micrographs.strings("rigid_motion/path")[i])
+        errors.append(np.sum((trajectory - movie.drift_yx_px) ** 2, axis=1))
+        fitted = 0.5 * (micrographs["ctf/df1_A"][i] + micrographs["ctf/df2_A"][i])
+        defocus_errors.append(abs(fitted / movie.defocus_mean_A - 1.0))
+        micrograph_movie[micrographs.strings("micrograph_blob/path")[i]] = movie
+    picks = _dataset(root, "picks", "particles")
+    radius_px = 0.2 * truth.particle_diameter_A / truth.pixel_size_A
+    matched, found = 0, 0
+    for path, movie in micrograph_movie.items():
+        rows = np.asarray([p == path for p in picks.strings("location/micrograph_path")])
+        shape = picks["location/micrograph_shape"][rows]
+        yx = np.stack(
+            [picks["location/center_y_frac"][rows] * shape[:, 0],
+             picks["location/center_x_frac"][rows] * shape[:, 1]], axis=1,
+        )  # fmt: skip
+        found += len(yx)
+        if len(yx):
+            d = np.linalg.norm(yx[:, None, :] - movie.centres_yx_px[None, :, :], axis=2)
+            matched += int(np.sum(d.min(axis=0) <= radius_px))
+    refine = job_summaries(root)["refine"]
+    return Accuracy(
+        drift_rms_error_px=float(np.sqrt(np.mean(np.concatenate(errors)))),
+        defocus_mean_error_percent=100 * float(np.mean(defocus_errors)),
+        pick_precision=min(1.0, matched / max(found, 1)),
+        pick_recall=matched / max(truth.n_particles, 1),
+        final_resolution_A=float(refine["resolution_A"]),
+        nyquist_A=2 * truth.pixel_size_A,
+    )
+
+
+def report(summaries: dict[str, dict[str, Any]], result: Accuracy | None) -> list[str]:
+    """One line per job with its key result, then the comparison with the truth."""
     lines = []
-    truth_notes = {
-        "movies": f"truth: {len(truth.drift_total_px)} movies",
-        "motion": f"truth: mean total drift {np.mean(truth.drift_total_px):.2f} px",
-        "ctf": f"truth: defocus {min(truth.defocus_A):.0f}-{max(truth.defocus_A):.0f} A",
-        "picks": f"truth: {truth.n_particles} particles",
-    }
     for job, summary in summaries.items():
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items() if not isinstance(v, list))
-        note = truth_notes.get(job, "")
-        lines.append(f"{job:<10} {shown}" + (f"   [{note}]" if note else ""))
+        lines.append(f"{job:<8} {shown}")
+    if result is not None:
+        lines += [
+            "against the truth of the simulation:",
+            f"  motion: trajectory RMS error {result.drift_rms_error_px:.2f} px",
+            f"  CTF: mean defocus error {result.defocus_mean_error_percent:.1f} %",
+            (
+                f"  picking: precision {result.pick_precision:.2f}, recall {result.pick_recall:.2f}"
+                " (match radius 0.2 diameter)"
+            ),
+            (
+                f"  refinement: gold-standard resolution {result.final_resolution_A:.1f} A "
+                f"(FSC 0.143; Nyquist {result.nyquist_A:.1f} A)"
+            ),
+        ]
     return lines
 
 
@@ -237,6 +324,12 @@ def _fmt(value: Any) -> str:
 
 def run(*, state: Path, size: str, slots: int, out: TextIO) -> int:
     """Simulate, apply and run the demo pipeline; print the results. Returns the exit code."""
+    code, _ = run_demo(state=state, size=size, slots=slots, out=out)
+    return code
+
+
+def run_demo(*, state: Path, size: str, slots: int, out: TextIO) -> tuple[int, Accuracy | None]:
+    """:func:`run`, also returning the comparison with the truth (None if a job failed)."""
     from cryokube.operator.cli import run_until_idle
 
     chosen = SIZES[size]
@@ -253,12 +346,13 @@ def run(*, state: Path, size: str, slots: int, out: TextIO) -> int:
         store.apply(document)
     out.write(f"applied {manifest}\n")
     rows = asyncio.run(run_until_idle(store, state, slots=slots, out=out))
-    out.write("\nresults:\n")
-    out.writelines(f"  {line}\n" for line in report(job_summaries(root), truth))
     failed = [r for r in rows if r["phase"] != "Succeeded"]
+    result = None if failed else accuracy(root, truth)
+    out.write("\nresults:\n")
+    out.writelines(f"  {line}\n" for line in report(job_summaries(root), result))
     out.writelines(f"  {r['name']}: {r['phase']} ({r['reason']}): {r['message']}\n" for r in failed)
     out.write(
         f"\ndone in {time.perf_counter() - t0:.0f} s; logs: cryokube --state {state} logs JOB; "
         f"console: cryokube --state {state} up\n"
     )
-    return 1 if failed else 0
+    return (1 if failed else 0), result
