@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from cryokube.processing.datasets import Dataset
     from cryokube.processing.worker.context import JobContext
 
-BACKGROUND_RADIUS = 0.375
-"""Background for normalisation: outside this fraction of the box from the centre."""
-
 
 class Params(JobParams):
     """cryoSPARC's *Extract From Micrographs* parameters."""
@@ -61,49 +58,6 @@ class Params(JobParams):
         return self
 
 
-def _boxes(
-    image: npt.NDArray[Any], centres_xy_px: npt.NDArray[np.float64], box_px: int
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Cut ``box_px`` boxes at whole-pixel centres; returns (n_kept, box, box) and the kept mask.
-
-    ``centres_xy_px`` has shape (n, 2) as ``(x, y)`` px; the box of centre ``c`` spans
-    ``round(c) - box // 2`` to ``round(c) + box // 2`` (the centre at index ``box // 2``).
-    """
-    ny, nx = image.shape
-    corner = np.rint(centres_xy_px).astype(np.int64) - box_px // 2
-    keep = (
-        np.all(corner >= 0, axis=1) & (corner[:, 0] + box_px <= nx) & (corner[:, 1] + box_px <= ny)
-    )
-    stack = np.empty((int(keep.sum()), box_px, box_px), dtype=np.float32)
-    for k, (x0, y0) in enumerate(corner[keep]):
-        stack[k] = image[y0 : y0 + box_px, x0 : x0 + box_px]
-    return stack, keep
-
-
-def _prepare(boxes: Any, p: Params, pixel_size_A: float, ctf: dict[str, float] | None) -> Any:
-    """Phase-flip, Fourier-crop, invert and normalise boxes (n, box, box) on their device."""
-    from cryokube.processing.backend import array_module, fourier_crop, irfft2, rfft2
-    from cryokube.processing.ctf import ctf_2d
-
-    xp = array_module(boxes)
-    box = p.box_size_pix
-    out_box = p.bin_size_pix or box
-    spectra = rfft2(boxes)
-    if ctf is not None:
-        spectra = spectra * xp.sign(ctf_2d((box, box), pixel_size_A, **ctf))
-    if out_box != box:
-        spectra = fourier_crop(spectra, (box, box), (out_box, out_box))
-    images = irfft2(spectra, (out_box, out_box))
-    if p.flip_contrast:
-        images = -images
-    yy, xx = np.mgrid[:out_box, :out_box] - out_box // 2
-    background = xp.asarray(np.hypot(yy, xx) > BACKGROUND_RADIUS * out_box)
-    values = images[:, background]
-    mean = values.mean(axis=1)[:, None, None]
-    sd = xp.maximum(values.std(axis=1), 1e-12)[:, None, None]
-    return ((images - mean) / sd).astype(np.float32)
-
-
 def _recentred(particles: Dataset, mic_psize_A: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     """Centres (n, 2) as (x, y) px moved by upstream 2D shifts (RELION: ``X - rlnOriginX``)."""
     centres = centres_px(particles)
@@ -117,6 +71,7 @@ def _recentred(particles: Dataset, mic_psize_A: npt.NDArray[Any]) -> npt.NDArray
 
 def run(ctx: JobContext) -> None:
     """Extract the particles of each micrograph of this shard into one ``.mrcs`` stack."""
+    from cryokube.processing.algorithms.extraction import extract_particles
     from cryokube.processing.backend import to_device, to_host
     from cryokube.processing.datasets import Dataset
     from cryokube.processing.io.mrc import read_mrc
@@ -160,13 +115,21 @@ def run(ctx: JobContext) -> None:
             if p.recenter_using_shifts
             else centres_px(mine)
         )
-        stack, keep = _boxes(image, centres, p.box_size_pix)
-        kept = mine.take(np.flatnonzero(keep))
+        extraction = extract_particles(
+            to_device(image, ctx.device),
+            centres[:, ::-1],
+            pixel_size_A=psize,
+            box_px=p.box_size_pix,
+            output_box_px=out_box,
+            invert_contrast=p.flip_contrast,
+            ctf=micrograph_ctf(micrographs, index) if p.phase_flip else None,
+            phase_flip=p.phase_flip,
+        )
+        kept = mine.take(to_host(extraction.kept_index))
         if not len(kept):
             return ItemResult({"uid": np.zeros(0, dtype=np.uint64)})
-        ctf = micrograph_ctf(micrographs, index) if p.phase_flip else None
-        images = to_host(_prepare(to_device(stack, ctx.device), p, psize, ctf))
-        out_psize = psize * p.box_size_pix / out_box
+        images = to_host(extraction.particles)
+        out_psize = extraction.pixel_size_A
         entry = publish_mrc(
             ctx,
             images,
