@@ -126,3 +126,25 @@ def test_invalid_manifests_are_refused_naming_the_field(
     with pytest.raises(ManifestError, match=message):
         apply(store, workdir, text)
     assert list(store.list("Job")) == []
+
+
+def test_progress_comes_from_the_report_spools_without_a_service(workdir: Path) -> None:
+    import json
+
+    from cryokube.operator.local.controller import spooled_progress
+    from cryokube.operator.models import parse_job, parse_project
+
+    store = ResourceStore(workdir / "state")
+    apply(store, workdir, PROJECT + job("motion", "motion_correction", extra="  shards: 2\n"))
+    project = parse_project(store.get("Project", "lab-a", "apoferritin"))
+    motion = parse_job(store.get("Job", "lab-a", "motion"))
+    assert spooled_progress(project, motion) is None
+    spools = workdir / "data" / "motion" / ".cryokube"
+    for shard, fractions in enumerate(([0.25, 0.5], [1.0])):
+        folder = spools / f"reports-{shard}"
+        folder.mkdir(parents=True)
+        lines = [{"seq": i, "endpoint": "progress", "body": {"fraction": f, "seq": i}}
+                 for i, f in enumerate(fractions)]  # fmt: skip
+        lines.append({"seq": 9, "endpoint": "events", "body": {"message": "progress is 0.1"}})
+        (folder / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert spooled_progress(project, motion) == 75  # mean of the shards' latest: 0.5 and 1.0

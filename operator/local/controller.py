@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -160,6 +161,29 @@ def storage_root(project: ProjectResource) -> str:
     )
 
 
+def spooled_progress(project: ProjectResource, job: JobResource) -> int | None:
+    """Progress (%) from the workers' report spools in the job folder, without a service.
+
+    The mean over shards of each shard's latest progress report.
+    """
+    if project.spec.storage.path is None:
+        return None
+    folder = Path(project.spec.storage.path) / job.metadata.name / ".cryokube"
+    fractions = []
+    for spool in sorted(folder.glob("reports-*/events.jsonl")):
+        latest = 0.0
+        with contextlib.suppress(OSError), spool.open() as f:
+            for line in f:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    entry = json.loads(line)
+                    if entry["endpoint"] == "progress":
+                        latest = float(entry["body"]["fraction"])
+        fractions.append(latest)
+    if not fractions:
+        return None
+    return round(100 * sum(fractions) / job.spec.shards)
+
+
 class LocalController:
     """Runs the Jobs of a :class:`ResourceStore` as local worker processes.
 
@@ -253,7 +277,11 @@ class LocalController:
             if child is not None:
                 await child.poll()
             job_project = projects.get((ns, job.spec.project))
-            progress = await self.link.progress_percent(job) if child is not None else None
+            progress = None
+            if child is not None:
+                progress = await self.link.progress_percent(job)
+                if progress is None and job_project is not None:
+                    progress = spooled_progress(job_project, job)
             plan = plan_job(
                 job, project=job_project, child=child.as_batch_job() if child else None,
                 pods=child.pods() if child else [], peers=peers.get(ns, {}), now=now,
