@@ -33,7 +33,7 @@ import kubernetes
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from e2e.cluster import Cluster, fake_node, missing_tools
+from e2e.cluster import Cluster, fake_node, missing_tools, project_volume
 
 N_JOBS = int(os.environ.get("CRYOKUBE_BENCH_JOBS", "1000"))
 N_NODES = 50
@@ -56,6 +56,7 @@ def _setup(cluster: Cluster) -> None:
     cluster.apply(nodes)
     cluster.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
     cluster.namespace(NS)
+    cluster.apply(project_volume(NS, "data"))
     cluster.apply(
         [
             {

@@ -131,7 +131,7 @@ start() {
   launch "$dir" etcd --name e2e --data-dir "$dir/etcd" --unsafe-no-fsync --log-level warn \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "e2e=http://127.0.0.1:$peer_port" --listen-metrics-urls ""
+    --initial-cluster "e2e=http://127.0.0.1:$peer_port"
   wait_for "$dir" etcd "health" curl -fsS "http://127.0.0.1:$etcd_port/health"
 
   launch "$dir" kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_port" \

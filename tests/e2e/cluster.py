@@ -72,6 +72,41 @@ def fake_node(name: str, *, gpus: int, taint_value: str = "") -> dict[str, Any]:
     }
 
 
+def project_volume(namespace: str, claim: str = "cryo-data") -> list[dict[str, Any]]:
+    """A PersistentVolume pre-bound to claim ``namespace/claim`` and that claim.
+
+    The scheduler binds no pod whose PVC is unbound, and this cluster has no provisioner; the
+    controller manager's volume binder completes the binding. kwok never mounts anything. The
+    volume is retained: delete it with the namespace.
+    """
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{claim}"},
+            "spec": {
+                "capacity": {"storage": "1Ti"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": f"/var/lib/cryokube-e2e/{namespace}"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": f"{namespace}-{claim}",
+                "resources": {"requests": {"storage": "1Ti"}},
+            },
+        },
+    ]
+
+
 def wait_until(
     probe: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.5
 ) -> T:

@@ -20,6 +20,7 @@ from e2e.cluster import (
     Cluster,
     Operator,
     fake_node,
+    project_volume,
     wait_until,
 )
 
@@ -39,8 +40,10 @@ def namespace(
     del operator  # the namespace is only useful with the operator running
     name = "e2e-" + request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")
     cluster.namespace(name)
+    cluster.apply(project_volume(name))
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+    cluster.kubectl("delete", "persistentvolume", f"{name}-cryo-data", "--wait=false")
     wait_until(
         lambda: not cluster.get("pods", namespace=name),
         timeout_s=STEP_TIMEOUT_S,
@@ -48,7 +51,7 @@ def namespace(
     )
 
 
-def project(namespace: str, *, gpu_quota: int) -> dict[str, Any]:
+def project(namespace: str, *, gpu_quota: int | None) -> dict[str, Any]:
     """A cluster-mode Project (PVC storage) tolerating the GPU nodes' taint."""
     return {
         "apiVersion": API,
@@ -129,9 +132,9 @@ def release(cluster: Cluster, namespace: str, selector: str = HOLD) -> None:
     cluster.kubectl("label", "pods", "-n", namespace, "-l", selector, f"{HOLD}-", "--overwrite")
 
 
-def test_example_pipeline_runs_on_gpu_nodes_within_quota(cluster: Cluster, namespace: str) -> None:
-    quota = 2
-    cluster.apply([project(namespace, gpu_quota=quota)])
+def test_example_pipeline_runs_on_gpu_nodes(cluster: Cluster, namespace: str) -> None:
+    # No quota: the quota gate deadlocks this pipeline (test_quota_does_not_deadlock_a_pipeline).
+    cluster.apply([project(namespace, gpu_quota=None)])
     docs = [d for d in yaml.safe_load_all((REPO_ROOT / "examples/pipeline.yaml").read_text()) if d]
     for doc in docs:
         doc["metadata"]["namespace"] = namespace
@@ -153,7 +156,7 @@ def test_example_pipeline_runs_on_gpu_nodes_within_quota(cluster: Cluster, names
         return all(p == "Succeeded" for p in phases)
 
     wait_until(all_done, timeout_s=PIPELINE_TIMEOUT_S, what="pipeline Succeeded", interval_s=0.3)
-    assert 0 < peak_gpus <= quota
+    assert 0 < peak_gpus <= sum(GPU_NODES.values())
     assert placements
     assert set(placements.values()) <= set(GPU_NODES)
     # Gating: every child started after each of its inputs' children completed.
@@ -358,6 +361,21 @@ def test_node_going_away_retries_the_pod(cluster: Cluster, namespace: str) -> No
 
 @pytest.mark.xfail(
     strict=True,
+    reason="status._quota_gate counts Jobs still WaitingForInputs (smaller names first) as "
+    "holding GPUs ahead of this one, so an upstream Job waits forever for its own downstream "
+    "Jobs; the example pipeline with the example Project (gpuQuota 4) never gets past motion",
+)
+def test_quota_does_not_deadlock_a_pipeline(cluster: Cluster, namespace: str) -> None:
+    cluster.apply([project(namespace, gpu_quota=1)])
+    # The downstream Job (first by name) is waiting for its input when the upstream one arrives.
+    cluster.apply([job(namespace, "a-down", inputs=(("z-up", "micrographs"),))])
+    wait_phase(cluster, namespace, "a-down", "Waiting", STEP_TIMEOUT_S)
+    cluster.apply([job(namespace, "z-up")])
+    wait_phase(cluster, namespace, "a-down", "Succeeded", 30.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
     reason="manifests.build_child_job dumps tolerations with exclude_defaults, dropping the "
     "model's default operator Exists; Kubernetes reads a missing operator as Equal, so pods do "
     "not tolerate valued taints such as GKE's nvidia.com/gpu=present:NoSchedule",
@@ -371,6 +389,12 @@ def test_gpu_toleration_matches_valued_taints(cluster: Cluster, namespace: str) 
     assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the chart's operator ClusterRole lacks kopf's observation rules (list/watch "
+    "customresourcedefinitions.apiextensions.k8s.io, kopf docs/deployment-rbac.yaml): kopf "
+    "retries the refused CRD list at start-up",
+)
 def test_chart_rbac_was_enough(operator: Operator) -> None:
     # Runs last in this module: every call above was made with the chart's ServiceAccount.
     refused = [

@@ -39,7 +39,7 @@ def test_s3_project_applies_in_cluster_mode(cluster: Cluster) -> None:
                     "bucket": "cryo",
                     "prefix": "lab-s3/beta-gal",
                     "endpoint": "https://s3.example.org",
-                    "secretRef": {"name": "s3-credentials"},
+                    "secretRef": "s3-credentials",
                 }
             },
             "gpuQuota": 2,
