@@ -93,11 +93,19 @@ def _start_operator(host: str) -> subprocess.Popen[bytes]:
 
 
 def _stop_operator(proc: subprocess.Popen[bytes]) -> tuple[float, float]:
-    """SIGTERM the operator, reap it; return its peak RSS (MB) and CPU time (s) from ``wait4``."""
+    """SIGTERM the operator, reap it; return its peak RSS (MB) and CPU time (s).
+
+    The peak is ``VmHWM`` read just before the signal: ``wait4``'s ``ru_maxrss`` would carry the
+    benchmark process's own peak across the fork (Linux keeps it through ``exec``).
+    """
+    status_text = Path(f"/proc/{proc.pid}/status").read_text()
+    hwm_kB = next(
+        int(line.split()[1]) for line in status_text.splitlines() if line.startswith("VmHWM:")
+    )
     proc.send_signal(signal.SIGTERM)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return hwm_kB / 1024, usage.ru_utime + usage.ru_stime
 
 
 async def _measure() -> dict[str, float]:
