@@ -168,7 +168,7 @@ spec:
   project: demo
   type: blob_picker
   params: {{diameter_min_A: {0.8 * diameter:.0f}, diameter_max_A: {1.2 * diameter:.0f},
-           max_num_hits: {2 * size.particles_per_micrograph}, min_score: 4}}
+           max_num_hits: {round(1.2 * size.particles_per_micrograph)}, min_score: 4}}
   inputs: [{{job: ctf, output: micrographs}}]
 ---
 apiVersion: cryokube.io/v1alpha1
