@@ -173,14 +173,14 @@ def fourier_shift(f: Array, shifts_px: Array, shape: tuple[int, ...]) -> Array:
     ndim = len(shape)
     if shifts.shape[-1] != ndim:
         raise ValueError(f"shifts_px must end in {ndim} components, got shape {shifts.shape}")
-    grids = fft_freqs(shape, xp=xp)
-    phase = 0
+    # The ramp factors into one ramp per axis: ny + nx/2 complex exponentials per image
+    # instead of ny * nx/2 (profiling showed the full ramp at half of motion correction's time).
     lead = shifts.shape[:-1]
-    for axis, g in enumerate(grids):
+    out = f
+    for axis, g in enumerate(fft_freqs(shape, xp=xp)):
         s = shifts[..., axis].reshape(lead + (1,) * ndim)
-        phase = phase + s * g
-    ramp = xp.exp((-2j * np.pi) * phase).astype(f.dtype)
-    return f * ramp
+        out = out * xp.exp((-2j * np.pi) * (s * g)).astype(f.dtype)
+    return out
 
 
 def shift_image(x: Array, shifts_px: Array) -> Array:

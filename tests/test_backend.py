@@ -165,3 +165,13 @@ def test_fourier_crop_rejects_mismatched_axes() -> None:
     f = bk.rfft2(_image((8, 8)))
     with pytest.raises(ValueError, match="new_shape"):
         bk.fourier_crop(f, (8, 8), (4, 4, 4))
+
+
+def test_integer_volume_shift_equals_roll(xp: ModuleType) -> None:
+    vol = xp.asarray(np.random.default_rng(5).standard_normal((2, 12, 10, 14)), dtype=np.float32)
+    shifts = xp.asarray([[1.0, -2.0, 3.0], [0.0, 4.0, -1.0]])
+    moved = bk.irfftn(bk.fourier_shift(bk.rfftn(vol, axes=(1, 2, 3)), shifts, (12, 10, 14)),
+                      (12, 10, 14), axes=(1, 2, 3))  # fmt: skip
+    for i in range(2):
+        expected = np.roll(bk.to_host(vol[i]), bk.to_host(shifts[i]).astype(int), axis=(0, 1, 2))
+        np.testing.assert_allclose(bk.to_host(moved[i]), expected, atol=1e-4)

@@ -196,17 +196,3 @@ def test_gpu_matches_cpu() -> None:
     gpu = align_movie(to_device(frames, "gpu"), **kwargs)  # type: ignore[arg-type]
     np.testing.assert_allclose(to_host(gpu.global_shifts_px), cpu.global_shifts_px, atol=0.02)
     np.testing.assert_allclose(to_host(gpu.micrograph), cpu.micrograph, rtol=1e-3, atol=1e-2)
-
-
-def test_separable_shift_equals_backend_fourier_shift() -> None:
-    from cryokube.processing.algorithms.motion import shift_spectra
-    from cryokube.processing.backend import fourier_shift
-
-    spectra = rfft2(np.random.default_rng(4).standard_normal((3, 48, 50)).astype(np.float32))
-    shifts = np.array([[0.3, -2.7], [5.0, 1.25], [-0.5, 0.0]], dtype=np.float32)
-    np.testing.assert_allclose(
-        shift_spectra(spectra, shifts, (48, 50)),
-        fourier_shift(spectra, shifts, (48, 50)),
-        rtol=1e-4,
-        atol=1e-3,
-    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import cast
 
 import numpy as np
 from cryokube.processing.backend import Array, array_module, radial_frequency, rfft2
@@ -12,17 +11,6 @@ from cryokube.processing.backend import Array, array_module, radial_frequency, r
 def frequency_grid_per_A(shape: tuple[int, int], pixel_size_A: float, *, xp: ModuleType) -> Array:
     """|k| in 1/A on an ``rfft2`` grid of real-space ``shape`` (ny, nx)."""
     return radial_frequency(shape, xp=xp) / np.float32(pixel_size_A)
-
-
-def ndimage_module(x: Array) -> ModuleType:
-    """``scipy.ndimage`` or ``cupyx.scipy.ndimage``, following ``x`` (as backend.rotate_image)."""
-    if array_module(x) is np:
-        import scipy.ndimage
-
-        return cast(ModuleType, scipy.ndimage)
-    import cupyx.scipy.ndimage  # pragma: no cover - GPU only
-
-    return cast(ModuleType, cupyx.scipy.ndimage)  # pragma: no cover - GPU only
 
 
 def find_peaks(cc: Array, *, max_shift_px: float) -> Array:

@@ -30,13 +30,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from cryokube.processing.algorithms._spectra import frequency_grid_per_A, ndimage_module
+from cryokube.processing.algorithms._spectra import frequency_grid_per_A
 from cryokube.processing.algorithms.projection import project
 from cryokube.processing.backend import (
     Array,
     array_module,
     fourier_crop,
     irfft2,
+    ndimage_module,
     rfft2,
     rotate_image,
 )
