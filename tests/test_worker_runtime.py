@@ -152,3 +152,15 @@ def test_bad_environment_names_the_variable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "CRYOKUBE_JOB_TYPE" in result.stderr
     assert "no_such_type" in result.stderr
+
+
+def test_wrong_kind_of_input_exits_2_naming_the_slot(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "project")
+    assert run_worker(root, "import", "import_movies", {}).returncode == 0
+    before = tree(root)
+    # CTF estimation takes micrographs; raw movies are the wrong kind of data
+    result = run_worker(root, "ctf", "ctf_estimation", {}, [{"job": "import", "output": "movies"}])
+    assert result.returncode == 2
+    spool = (root / "ctf" / ".cryokube" / "reports-0" / "events.jsonl").read_text()
+    assert "output is movies but slot 'micrographs' takes micrographs" in spool
+    assert tree(root) == before
