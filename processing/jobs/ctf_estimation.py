@@ -12,9 +12,10 @@ import math
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import model_validator
 
-from ._items import ItemResult, check_nyquist, process_items, save_output, stem
+from ._items import ItemResult, check_nyquist, process_items, publish_array, save_output, stem
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
 if TYPE_CHECKING:
@@ -81,6 +82,41 @@ def _exposure_name(micrographs: Dataset, index: int) -> tuple[str, str]:
     return stem(path), path
 
 
+def fit_curve(
+    image: npt.NDArray[Any],
+    fit: Any,
+    *,
+    pixel_size_A: float,
+    box_px: int,
+    voltage_kV: float,
+    cs_mm: float,
+    amp_contrast: float,
+) -> npt.NDArray[np.float32]:
+    """The CTF-fit plot's data, shape (3, n): 1/Å, the spectrum's rotational average, the model.
+
+    The rotational average of the tiles' power spectrum with a smooth background (a running
+    mean over a tenth of the range) removed, scaled to the model's range; the model is the
+    fitted CTF squared at the mean defocus. A rotational average blurs the rings of a strongly
+    astigmatic micrograph; the fit itself is two-dimensional.
+    """
+    from cryokube.processing.algorithms._spectra import centred_power_spectrum
+    from cryokube.processing.backend import radial_average, to_host
+    from cryokube.processing.ctf import ctf_radial
+
+    spectrum = np.fft.ifftshift(to_host(centred_power_spectrum(image, box_px=box_px)))
+    profile = to_host(radial_average(spectrum, (box_px, box_px), rfft=False)).astype(np.float64)
+    profile = np.log(np.maximum(profile, 1e-30))
+    width = max(3, len(profile) // 10)
+    background = np.convolve(np.pad(profile, width, mode="edge"), np.ones(width) / width, "same")
+    signal = (profile - background[width:-width])[1:]
+    freq = np.arange(1, len(profile)) / (box_px * pixel_size_A)
+    model = ctf_radial(freq, defocus_A=fit.defocus_mean_A, voltage_kV=voltage_kV, cs_mm=cs_mm,
+                       amp_contrast=amp_contrast, phase_shift_deg=fit.phase_shift_deg) ** 2  # fmt: skip
+    span = np.ptp(signal) or 1.0
+    scaled = (signal - signal.min()) / span
+    return np.stack([freq, scaled, np.asarray(model, dtype=np.float64)]).astype(np.float32)
+
+
 def run(ctx: JobContext) -> None:
     """Fit defocus, astigmatism (and phase shift) to each micrograph of this shard."""
     from cryokube.processing.algorithms.ctf_fit import estimate_ctf
@@ -122,7 +158,12 @@ def run(ctx: JobContext) -> None:
             defocus_range_A=(p.df_search_min, p.df_search_max),
             fit_phase_shift=p.phase_shift,
         )
+        curve = fit_curve(
+            image.astype(np.float32), fit, pixel_size_A=float(psizes[index]), box_px=box_px,
+            voltage_kV=accel_kv, cs_mm=cs_mm, amp_contrast=p.amp_contrast,
+        )  # fmt: skip
         name, movie_path = _exposure_name(micrographs, index)
+        fit_file = publish_array(ctx, curve, f"ctf/{stem(paths[index])}_ctf_fit.npy")
         ctx.reporter.report(
             "exposures",
             {
@@ -151,7 +192,8 @@ def run(ctx: JobContext) -> None:
                 "ctf/bfactor": np.zeros(1, dtype=np.float32),
                 "ctf/ctf_fit_to_A": np.asarray([fit.fit_resolution_A], dtype=np.float32),
                 "ctf/cross_corr": np.asarray([fit.score], dtype=np.float32),
-            }
+            },
+            [fit_file],
         )
 
     columns, files = process_items(ctx, paths, process, verb="fitted")
