@@ -76,79 +76,6 @@ def _quantity_to_MiB(value: str) -> int:
     return max(1, round(float(value) / 2**20))
 
 
-class HttpMetadata:
-    """The link to a running metadata service, over its REST API with the service token.
-
-    Worker tokens are minted here with the service's HMAC key (the operator and the service
-    share the ``CRYOKUBE_TOKEN_SECRET`` Secret), scoped to the job's UID and valid for
-    ``token_ttl_s``.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        service_token: str,
-        token_secret: str,
-        token_ttl_s: int = 7 * 24 * 3600,
-    ) -> None:
-        from .metadata.client import MetadataClient
-
-        self.client = MetadataClient(url, service_token=service_token)
-        self.token_secret = token_secret
-        self.token_ttl_s = token_ttl_s
-
-    async def register_project(self, project: ProjectResource) -> None:
-        from .metadata.models import ProjectCreate
-
-        members = project.spec.members
-        await self.client.register_project(
-            ProjectCreate(
-                name=project.metadata.name,
-                members=[m.name for m in members if m.kind == "User"],
-                groups=[m.name for m in members if m.kind == "Group"],
-                storage_root=project.spec.storage.path,
-            )
-        )
-
-    async def register_job(self, job: JobResource) -> str:
-        from .metadata.models import JobCreate, JobInput, Resources
-        from .metadata.tokens import mint_job_token
-
-        spec = job.spec
-        await self.client.register_job(
-            JobCreate(
-                uid=job.metadata.uid,
-                name=job.metadata.name,
-                project=spec.project,
-                job_type=spec.type,
-                lane=spec.queue or "default",
-                resources=Resources(
-                    gpus=job.gpus_total(),
-                    cpus=_quantity_to_cpus(spec.resources.cpu),
-                    memory_MiB=_quantity_to_MiB(spec.resources.memory),
-                ),
-                parameters=spec.params,
-                inputs=[JobInput(job=i.job, output=i.output) for i in spec.inputs],
-            )
-        )
-        return mint_job_token(
-            self.token_secret, project=spec.project, job=job.metadata.uid, ttl_s=self.token_ttl_s
-        )
-
-    async def mark_job(self, job: JobResource, phase: str) -> None:
-        from .metadata.models import JobStatus, JobUpdate
-
-        await self.client.update_job(job.metadata.uid, JobUpdate(status=JobStatus(phase)))
-
-    async def progress_percent(self, job: JobResource) -> int | None:
-        record = await self.client.get_job(job.metadata.uid)
-        return round(100 * record.progress)
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
 class ServiceMetadata:
     """The link to a running metadata service, through its operator client.
 
@@ -202,7 +129,11 @@ class ServiceMetadata:
                 project=job.spec.project,
                 job_type=job.spec.type,
                 lane=job.spec.queue or "default",
-                resources=MetadataResources(gpus=job.gpus_total()),
+                resources=MetadataResources(
+                    gpus=job.gpus_total(),
+                    cpus=_quantity_to_cpus(job.spec.resources.cpu),
+                    memory_MiB=_quantity_to_MiB(job.spec.resources.memory),
+                ),
                 parameters=job.spec.params,
                 inputs=[JobInput(job=i.job, output=i.output) for i in job.spec.inputs],
             )

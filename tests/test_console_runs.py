@@ -17,7 +17,8 @@ from cryokube.operator.console.forms import csrf_token
 from cryokube.operator.local.controller import LocalController
 from cryokube.operator.local.store import ResourceStore
 from cryokube.operator.metadata.app import create_app
-from cryokube.operator.registration import HttpMetadata
+from cryokube.operator.metadata.client import MetadataClient
+from cryokube.operator.registration import ServiceMetadata
 from cryokube.processing.io.movies import write_movie_tiff
 from support.metadata_app import SERVICE_TOKEN, TOKEN_SECRET, make_settings, user
 
@@ -45,7 +46,9 @@ async def test_job_created_from_the_form_runs(
     server = await aiohttp_server(app)
     api = await aiohttp_client(server)
     url = str(server.make_url("")).rstrip("/")
-    link = HttpMetadata(url, service_token=SERVICE_TOKEN, token_secret=TOKEN_SECRET)
+    link = ServiceMetadata(
+        MetadataClient(url, service_token=SERVICE_TOKEN), token_secret=TOKEN_SECRET
+    )
     controller = LocalController(
         store, slots=1, link=link, metadata_url=url, log_dir=tmp_path / "logs"
     )

@@ -18,8 +18,9 @@ from aiohttp import web
 from cryokube.operator.console.submit import LocalStoreSubmitter, set_job_submitter
 from cryokube.operator.local.store import ResourceStore
 from cryokube.operator.metadata.app import create_app
+from cryokube.operator.metadata.client import MetadataClient
 from cryokube.operator.metadata.settings import Settings
-from cryokube.operator.registration import HttpMetadata
+from cryokube.operator.registration import ServiceMetadata
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def load_secrets(state: Path) -> LocalSecrets:
 @contextlib.asynccontextmanager
 async def local_service(
     state: Path, store: ResourceStore, *, port: int, mongo_port: int
-) -> AsyncIterator[tuple[str, HttpMetadata]]:
+) -> AsyncIterator[tuple[str, ServiceMetadata]]:
     """Serve the metadata service on ``127.0.0.1:port``; yield its URL and the runner's link.
 
     The console's create-job form submits into ``store``, where the local controller runs it.
@@ -68,7 +69,8 @@ async def local_service(
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         url = f"http://127.0.0.1:{port}"
-        link = HttpMetadata(url, service_token=keys.service_token, token_secret=keys.token_secret)
+        client = MetadataClient(url, service_token=keys.service_token)
+        link = ServiceMetadata(client, token_secret=keys.token_secret)
         try:
             yield url, link
         finally:
