@@ -117,7 +117,7 @@ class JobRepository:
         async def page() -> list[Document]:
             cursor = (
                 self._col.find(query, _FIELDS)
-                .sort([("created_at_ms", -1), ("_id", 1)])
+                .sort([("created_at_ms", -1), ("_id", -1)])
                 .skip(offset)
                 .limit(limit)
             )
