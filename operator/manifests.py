@@ -246,7 +246,17 @@ def build_child_job(
     if workers.node_selector:
         pod_spec["nodeSelector"] = {term.key: term.value for term in workers.node_selector}
     if workers.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(exclude_defaults=True) for t in workers.tolerations]
+        # operator is always written: Kubernetes reads a missing one as Equal, which would not
+        # tolerate valued taints (GKE's nvidia.com/gpu=present) with the model's default Exists.
+        pod_spec["tolerations"] = [
+            {
+                "key": t.key,
+                "operator": t.operator,
+                **({"value": t.value} if t.operator == "Equal" else {}),
+                **({"effect": t.effect} if t.effect else {}),
+            }
+            for t in workers.tolerations
+        ]
     spec: dict[str, Any] = {
         "completions": job.spec.shards,
         "parallelism": job.spec.shards,

@@ -374,12 +374,6 @@ def test_quota_does_not_deadlock_a_pipeline(cluster: Cluster, namespace: str) ->
     wait_phase(cluster, namespace, "a-down", "Succeeded", 30.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manifests.build_child_job dumps tolerations with exclude_defaults, dropping the "
-    "model's default operator Exists; Kubernetes reads a missing operator as Equal, so pods do "
-    "not tolerate valued taints such as GKE's nvidia.com/gpu=present:NoSchedule",
-)
 def test_gpu_toleration_matches_valued_taints(cluster: Cluster, namespace: str) -> None:
     cluster.apply([project(namespace, gpu_quota=2)])
     cluster.apply([job(namespace, "tolerant")])
@@ -389,12 +383,6 @@ def test_gpu_toleration_matches_valued_taints(cluster: Cluster, namespace: str) 
     assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the chart's operator ClusterRole lacks kopf's observation rules (list/watch "
-    "customresourcedefinitions.apiextensions.k8s.io, kopf docs/deployment-rbac.yaml): kopf "
-    "retries the refused CRD list at start-up",
-)
 def test_chart_rbac_was_enough(operator: Operator) -> None:
     # Runs last in this module: every call above was made with the chart's ServiceAccount.
     refused = [
