@@ -60,6 +60,24 @@ class Peer:
     holds_gpus: bool
 
 
+def peer_of(body: Any) -> Peer | None:
+    """What other Jobs need to know of this one; ``None`` for a Job whose spec is invalid."""
+    try:
+        job = JobResource.model_validate(body)
+    except ValueError:
+        return None
+    status = job.status
+    return Peer(
+        name=job.metadata.name,
+        project=job.spec.project,
+        job_type=job.spec.type,
+        phase=status.phase,
+        gpus=job.gpus_total(),
+        priority=job.spec.priority,
+        holds_gpus=bool(status.gpus) and status.phase not in TERMINAL_PHASES,
+    )
+
+
 @dataclass
 class Plan:
     """The outcome of one reconcile pass.

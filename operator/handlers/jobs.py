@@ -20,7 +20,7 @@ from ..conditions import get_condition
 from ..manifests import JOB_LABEL, build_child_job, build_token_secret, child_name
 from ..metadata.client import MetadataUnavailable
 from ..models import GROUP, VERSION, InvalidSpecError, JobResource, ProjectResource, parse_job
-from ..status import TERMINAL_PHASES, Peer, Plan, invalid_plan, plan_job
+from ..status import TERMINAL_PHASES, Peer, Plan, invalid_plan, peer_of, plan_job
 from . import kube
 
 JOBS = (GROUP, VERSION, "jobs")
@@ -29,24 +29,6 @@ CHILD_SELECTOR = {JOB_LABEL: kopf.PRESENT}
 RECHECK_INTERVAL_S = float(os.environ.get("CRYOKUBE_RECHECK_INTERVAL_S", "10"))
 """How often a non-terminal Job is re-checked: inputs that succeeded and freed quota are seen
 by this timer (the child's own events arrive at once)."""
-
-
-def peer_of(body: Any) -> Peer | None:
-    """What other Jobs need to know of this one; ``None`` for a Job whose spec is invalid."""
-    try:
-        job = JobResource.model_validate(body)
-    except ValueError:
-        return None
-    status = job.status
-    return Peer(
-        name=job.metadata.name,
-        project=job.spec.project,
-        job_type=job.spec.type,
-        phase=status.phase,
-        gpus=job.gpus_total(),
-        priority=job.spec.priority,
-        holds_gpus=bool(status.gpus) and status.phase not in TERMINAL_PHASES,
-    )
 
 
 @kopf.index(*JOBS)

@@ -31,7 +31,14 @@ from cryokube.operator.models import (
     parse_project,
 )
 from cryokube.operator.registration import MetadataLink, NoMetadata
-from cryokube.operator.status import TERMINAL_PHASES, Peer, invalid_plan, plan_job, plan_project
+from cryokube.operator.status import (
+    TERMINAL_PHASES,
+    Peer,
+    invalid_plan,
+    peer_of,
+    plan_job,
+    plan_project,
+)
 from cryokube.processing.worker.runtime import EXIT_BAD_INPUT
 from cryokube.processing.worker.settings import InputRef, WorkerSettings, settings_to_env
 
@@ -223,16 +230,9 @@ class LocalController:
     def _peers(self, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Peer]]:
         peers: dict[str, dict[str, Peer]] = {}
         for body in jobs:
-            try:
-                job = JobResource.model_validate(body)
-            except ValueError:
-                continue
-            status = job.status
-            peers.setdefault(job.metadata.namespace, {})[job.metadata.name] = Peer(
-                name=job.metadata.name, project=job.spec.project, job_type=job.spec.type,
-                phase=status.phase, gpus=job.gpus_total(), priority=job.spec.priority,
-                holds_gpus=bool(status.gpus) and status.phase not in TERMINAL_PHASES,
-            )  # fmt: skip
+            peer = peer_of(body)
+            if peer is not None:
+                peers.setdefault(body["metadata"]["namespace"], {})[peer.name] = peer
         return peers
 
     async def reconcile_once(self) -> bool:
@@ -306,11 +306,9 @@ class LocalController:
                 await self.link.mark_job(job, "Cancelled")
             if status != body.get("status"):
                 self.store.patch_status("Job", ns, name, status)
-                peers.setdefault(ns, {})[name] = Peer(
-                    name=name, project=job.spec.project, job_type=job.spec.type,
-                    phase=status.get("phase"), gpus=job.gpus_total(), priority=job.spec.priority,
-                    holds_gpus=bool(status.get("gpus")) and status.get("phase") not in TERMINAL_PHASES,
-                )  # fmt: skip
+                updated = peer_of({**body, "status": status})
+                if updated is not None:
+                    peers.setdefault(ns, {})[name] = updated
             if status.get("phase") not in TERMINAL_PHASES:
                 active = True
         return active
