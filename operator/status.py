@@ -49,6 +49,8 @@ class Peer:
         Its ``spec.priority``.
     holds_gpus : bool
         Whether its child exists and has not ended (it counts against the quota).
+    inputs : tuple of str
+        Names of the Jobs it takes inputs from (``spec.inputs[*].job``).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Peer:
     gpus: int
     priority: int
     holds_gpus: bool
+    inputs: tuple[str, ...] = ()
 
 
 def peer_of(body: Any) -> Peer | None:
@@ -75,6 +78,7 @@ def peer_of(body: Any) -> Peer | None:
         gpus=job.gpus_total(),
         priority=job.spec.priority,
         holds_gpus=bool(status.gpus) and status.phase not in TERMINAL_PHASES,
+        inputs=tuple(ref.job for ref in job.spec.inputs),
     )
 
 
@@ -182,13 +186,22 @@ def _input_gate(job: JobResource, peers: dict[str, Peer]) -> tuple[str, str] | N
     return None
 
 
+def _inputs_done(peer: Peer, peers: dict[str, Peer]) -> bool:
+    """Whether every Job ``peer`` takes inputs from has succeeded (it could start now)."""
+    return all(
+        (upstream := peers.get(name)) is not None and upstream.phase == "Succeeded"
+        for name in peer.inputs
+    )
+
+
 def _quota_gate(
     job: JobResource, project: ProjectResource, peers: dict[str, Peer]
 ) -> tuple[str, str] | None:
     """``(QuotaExceeded, message)`` when starting the Job would exceed the project's GPU quota.
 
     Jobs waiting with a higher ``spec.priority`` (ties: the smaller name) are served first:
-    their GPUs are counted as if they held them.
+    their GPUs are counted as if they held them, but only once every input they wait for has
+    succeeded (a downstream Job must never hold back the upstream Job it waits for).
     """
     quota = project.spec.gpu_quota
     wanted = job.gpus_total()
@@ -204,6 +217,7 @@ def _quota_gate(
         and p.phase not in TERMINAL_PHASES
         and (-p.priority, p.name) < (-job.spec.priority, job.metadata.name)
         and in_use + p.gpus <= quota
+        and _inputs_done(p, peers)
     )
     if in_use + ahead + wanted <= quota:
         return None

@@ -19,7 +19,7 @@ NOW = dt.datetime(2026, 11, 24, 5, 0, tzinfo=dt.UTC)
 
 def peer(p: dict[str, Any]) -> Peer:
     defaults = {"project": "apo", "phase": None, "gpus": 1, "priority": 0, "holds_gpus": False}
-    return Peer(**{**defaults, **p})
+    return Peer(**{**defaults, **p, "inputs": tuple(p.get("inputs", ()))})
 
 
 def run_case(case: dict[str, Any]) -> Any:

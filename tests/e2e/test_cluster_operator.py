@@ -359,12 +359,6 @@ def test_node_going_away_retries_the_pod(cluster: Cluster, namespace: str) -> No
         cluster.kubectl("wait", "--for=condition=Ready", "node", lost, "--timeout=60s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status._quota_gate counts Jobs still WaitingForInputs (smaller names first) as "
-    "holding GPUs ahead of this one, so an upstream Job waits forever for its own downstream "
-    "Jobs; the example pipeline with the example Project (gpuQuota 4) never gets past motion",
-)
 def test_quota_does_not_deadlock_a_pipeline(cluster: Cluster, namespace: str) -> None:
     cluster.apply([project(namespace, gpu_quota=1)])
     # The downstream Job (first by name) is waiting for its input when the upstream one arrives.
