@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ from cryokube.processing.backend import (
     to_host,
 )
 
-__all__ = ["Class2DResult", "class_averages_2d", "classify_2d"]
+__all__ = ["Class2DResult", "Class2DState", "class_averages_2d", "classify_2d"]
 
 _CHUNK = 512
 """Particles scored at once; bounds the (particles x shifts x classes x rotations) scores."""
@@ -94,6 +95,41 @@ class Class2DResult:
     class_sizes: np.ndarray[Any, np.dtype[np.int64]]
     class_resolution_A: np.ndarray[Any, np.dtype[np.float64]]
     log_likelihood: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Class2DState:
+    """What :func:`classify_2d` needs to continue after an iteration (a checkpoint's content).
+
+    The per-particle alignments are not part of it: the last iteration is a full pass that
+    assigns every particle again.
+
+    Attributes
+    ----------
+    iteration : int
+        Iterations completed.
+    references : array of shape (K, N, N)
+        Masked, re-centred class averages for the next E-step.
+    sigma2 : array of shape (N//2 + 1,)
+        Noise power per shell.
+    log_prior : array of shape (K,)
+        Log class priors.
+    running_data, running_weight : arrays of shape (K, N, N), or None
+        Online-EM running sums (None before the first online iteration and after a full pass).
+    log_likelihood : list of float
+        Mean log-likelihood per particle of the iterations so far.
+    rng_state : dict
+        State of the seeded ``PCG64`` generator (``Generator.bit_generator.state``).
+    """
+
+    iteration: int
+    references: Array
+    sigma2: Array
+    log_prior: Array
+    running_data: Array | None
+    running_weight: Array | None
+    log_likelihood: list[float]
+    rng_state: dict[str, Any]
 
 
 def _full_plane_centred(half: Array, n: int) -> Array:
@@ -280,6 +316,8 @@ def classify_2d(
     online_batch_size: int = 200,
     n_full_iterations: int = 3,
     seed: int = 0,
+    resume: Class2DState | None = None,
+    on_iteration: Callable[[Class2DState], None] | None = None,
 ) -> Class2DResult:
     """Classify particle images into ``n_classes`` aligned 2D class averages.
 
@@ -310,6 +348,12 @@ def classify_2d(
         Full passes over all particles (at least 1).
     seed : int, optional
         Seed of the initial random subsets and mini-batches.
+    resume : Class2DState, optional
+        Continue after ``resume.iteration`` from a state that ``on_iteration`` gave for the same
+        images and arguments; the result is the same as that of an uninterrupted run.
+    on_iteration : callable, optional
+        Called with the state after every iteration but the last (to save a checkpoint or
+        report progress).
 
     Returns
     -------
@@ -341,8 +385,17 @@ def classify_2d(
         raise ValueError(f"max_shift_px must be non-negative, got {max_shift_px}")
     if n_full_iterations < 1 or n_online_iterations < 0:
         raise ValueError("n_full_iterations must be at least 1 and n_online_iterations >= 0")
+    schedule = [False] * n_online_iterations + [True] * n_full_iterations
+    if resume is not None and not 0 < resume.iteration < len(schedule):
+        raise ValueError(
+            f"resume.iteration must be in 1..{len(schedule) - 1}, got {resume.iteration}"
+        )
+    if resume is not None and resume.references.shape != (n_classes, n, n):
+        raise ValueError(
+            f"resume.references must have shape ({n_classes}, {n}, {n}), "
+            f"got {resume.references.shape}"
+        )
     xp = array_module(x)
-    rng = np.random.default_rng(seed)
     mask = soft_spherical_mask(
         (n, n), radius_px=0.4 * n if mask_radius_px is None else mask_radius_px, xp=xp
     )
@@ -365,37 +418,53 @@ def classify_2d(
             transfer = xp.asarray(ctf[idx], dtype=np.float32).reshape(idx.size, -1)[:, band.index]
         return spectra, transfer
 
-    # initial noise power per shell: the particles' own power (signal included, so the first
-    # posteriors are broad)
-    sample = xp.asarray(rng.choice(b, size=min(b, 500), replace=False))
-    spectra0, _ = band_of(sample)
-    sigma2 = shell_noise_power(xp.abs(spectra0) ** 2, band, n_shells)
-
-    # initial references: averages of random subsets at random rotations
-    subset = max(2, min(20, b // n_classes))
-    order = rng.permutation(b)
-    init_idx = order[: subset * n_classes]
-    init_angles = xp.asarray(rng.choice(angles, size=init_idx.size).astype(np.float32))
-    init_sums = _accumulate(
-        x[xp.asarray(init_idx)],
-        None if ctf is None else ctf[xp.asarray(init_idx)],
-        xp.asarray(np.repeat(np.arange(n_classes), subset)),
-        init_angles,
-        xp.zeros((init_idx.size, 2), dtype=np.float32),
-        xp.ones(init_idx.size, dtype=np.float32),
-        n_classes,
-    )
-    references = init_sums.averages() * mask
-    log_prior = xp.full(n_classes, -np.log(n_classes), dtype=np.float32)
-    log_likelihood: list[float] = []
     running: _Sums | None = None
-    schedule = [False] * n_online_iterations + [True] * n_full_iterations
+    if resume is None:
+        rng = np.random.default_rng(seed)
+        # initial noise power per shell: the particles' own power (signal included, so the
+        # first posteriors are broad)
+        sample = xp.asarray(rng.choice(b, size=min(b, 500), replace=False))
+        spectra0, _ = band_of(sample)
+        sigma2 = shell_noise_power(xp.abs(spectra0) ** 2, band, n_shells)
+
+        # initial references: averages of random subsets at random rotations
+        subset = max(2, min(20, b // n_classes))
+        order = rng.permutation(b)
+        init_idx = order[: subset * n_classes]
+        init_angles = xp.asarray(rng.choice(angles, size=init_idx.size).astype(np.float32))
+        init_sums = _accumulate(
+            x[xp.asarray(init_idx)],
+            None if ctf is None else ctf[xp.asarray(init_idx)],
+            xp.asarray(np.repeat(np.arange(n_classes), subset)),
+            init_angles,
+            xp.zeros((init_idx.size, 2), dtype=np.float32),
+            xp.ones(init_idx.size, dtype=np.float32),
+            n_classes,
+        )
+        references = init_sums.averages() * mask
+        log_prior = xp.full(n_classes, -np.log(n_classes), dtype=np.float32)
+        log_likelihood: list[float] = []
+        first = 0
+    else:
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = resume.rng_state
+        references = xp.asarray(resume.references, dtype=np.float32)
+        sigma2 = xp.asarray(resume.sigma2, dtype=np.float32)
+        log_prior = xp.asarray(resume.log_prior, dtype=np.float32)
+        if resume.running_data is not None and resume.running_weight is not None:
+            running = _Sums(
+                xp.asarray(resume.running_data, dtype=np.float32),
+                xp.asarray(resume.running_weight, dtype=np.float32),
+            )
+        log_likelihood = list(resume.log_likelihood)
+        first = resume.iteration
     best_class = np.zeros(b, np.int64)
     best_angle = np.zeros(b)
     best_shift = np.zeros((b, 2))
     best_prob = np.zeros(b)
     halves: list[_Sums] = []
-    for iteration, full in enumerate(schedule):
+    for iteration in range(first, len(schedule)):
+        full = schedule[iteration]
         batch = (
             np.arange(b) if full else rng.choice(b, size=min(b, online_batch_size), replace=False)
         )
@@ -475,6 +544,19 @@ def classify_2d(
         references = _recentre(current.averages() * mask, mask) * mask
         if full and not last:
             running = None
+        if on_iteration is not None and not last:
+            on_iteration(
+                Class2DState(
+                    iteration=iteration + 1,
+                    references=references,
+                    sigma2=sigma2,
+                    log_prior=log_prior,
+                    running_data=None if running is None else running.data,
+                    running_weight=None if running is None else running.weight,
+                    log_likelihood=list(log_likelihood),
+                    rng_state=dict(rng.bit_generator.state),
+                )
+            )
     averages = (halves[0] + halves[1]).averages()
     resolution = _half_set_resolution(halves, xp.asarray(best_class), n_classes, pixel_size_A)
     return Class2DResult(

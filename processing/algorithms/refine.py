@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ from cryokube.processing.geometry import euler_to_matrix
 __all__ = [
     "FourierBand",
     "RefinementResult",
+    "RefinementState",
     "back_project_halves",
     "fourier_band",
     "local_perturbations",
@@ -307,6 +309,49 @@ class RefinementResult:
     resolution_history_A: list[float]
 
 
+@dataclass(frozen=True)
+class RefinementState:
+    """What :func:`refine_3d` needs to continue after an iteration (a checkpoint's content).
+
+    Attributes
+    ----------
+    iteration : int
+        Iterations completed.
+    references : array of shape (2, N, N, N)
+        The two half references, FSC-filtered, for the next iteration.
+    rotations : array of shape (B, 3, 3)
+        Current poses ``A``.
+    shifts_px : array of shape (B, 2)
+        Current ``(dy, dx)`` offsets (px).
+    halves : ndarray of shape (B,), int
+        Half set of each particle.
+    sigma2 : array of shape (N//2 + 1,)
+        Noise power per shell.
+    resolution_A : float
+        Resolution of the next alignment (Angstrom).
+    step_deg : float
+        Angular step of the next local search (degrees).
+    shift_step_px : float
+        Shift step of the next local search (px).
+    resolution_history_A : list of float
+        Half-map FSC resolution after each iteration so far.
+    rng_state : dict
+        State of the seeded ``PCG64`` generator (``Generator.bit_generator.state``).
+    """
+
+    iteration: int
+    references: Array
+    rotations: Array
+    shifts_px: Array
+    halves: npt.NDArray[np.int64]
+    sigma2: Array
+    resolution_A: float
+    step_deg: float
+    shift_step_px: float
+    resolution_history_A: list[float]
+    rng_state: dict[str, Any]
+
+
 def _best_pose(
     spectra: Array, transfer: Array, refs: Array, unshift: Array, inv_sigma2: Array
 ) -> tuple[Array, Array, Array]:
@@ -340,6 +385,8 @@ def refine_3d(
     max_shift_px: int = 3,
     mask_radius_px: float | None = None,
     seed: int = 0,
+    resume: RefinementState | None = None,
+    on_iteration: Callable[[RefinementState], None] | None = None,
 ) -> RefinementResult:
     """Gold-standard homogeneous refinement of a volume against particle images.
 
@@ -370,6 +417,12 @@ def refine_3d(
         Radius of the soft spherical mask on references and for the masked FSC; default 0.4 N.
     seed : int, optional
         Seed of the half-set split.
+    resume : RefinementState, optional
+        Continue after ``resume.iteration`` from a state that ``on_iteration`` gave for the same
+        images and arguments; the result is the same as that of an uninterrupted run.
+    on_iteration : callable, optional
+        Called with the state after every iteration but the last (to save a checkpoint or
+        report progress); its arrays are the working ones, valid during the call.
 
     Returns
     -------
@@ -395,36 +448,61 @@ def refine_3d(
         raise ValueError(f"n_iterations must be at least 1, got {n_iterations}")
     if b < 2:
         raise ValueError("images must hold at least 2 particles for two half sets")
+    if resume is not None and not 0 < resume.iteration < n_iterations:
+        raise ValueError(
+            f"resume.iteration must be in 1..{n_iterations - 1}, got {resume.iteration}"
+        )
+    if resume is not None and resume.rotations.shape != (b, 3, 3):
+        raise ValueError(
+            f"resume.rotations must have shape ({b}, 3, 3), got {resume.rotations.shape}"
+        )
     xp = array_module(x)
-    rng = np.random.default_rng(seed)
-    halves = np.zeros(b, np.int64)
-    halves[rng.permutation(b)[b // 2 :]] = 1
     mask = soft_spherical_mask(
         (n, n, n), radius_px=0.4 * n if mask_radius_px is None else mask_radius_px, xp=xp
     )
     spectra_all = rfft2(x).reshape(b, -1)
     n_shells = n // 2 + 1
-    resolution_A = float(initial_resolution_A)
-    volume0 = low_pass(
-        as_float(xp.asarray(initial_volume)), resolution_A=resolution_A, pixel_size_A=pixel_size_A
-    )
-    references = [volume0, volume0]
-    rotations = xp.zeros((b, 3, 3), dtype=np.float32)
-    shifts = xp.zeros((b, 2), dtype=np.float32)
-    # initial noise power: the particles' own power per shell (signal included)
-    sample = xp.asarray(rng.choice(b, size=min(b, 500), replace=False))
-    full_band = fourier_band(n, radius_shells=n // 2, xp=xp)
-    power = spectra_all[sample][:, full_band.index]
-    sigma2 = shell_noise_power(power.real**2 + power.imag**2, full_band, n_shells)
-    history: list[float] = []
-    step_deg = global_step_deg
-    shift_step = 1.0
+    if resume is None:
+        rng = np.random.default_rng(seed)
+        halves = np.zeros(b, np.int64)
+        halves[rng.permutation(b)[b // 2 :]] = 1
+        resolution_A = float(initial_resolution_A)
+        volume0 = low_pass(
+            as_float(xp.asarray(initial_volume)),
+            resolution_A=resolution_A,
+            pixel_size_A=pixel_size_A,
+        )
+        references = [volume0, volume0]
+        rotations = xp.zeros((b, 3, 3), dtype=np.float32)
+        shifts = xp.zeros((b, 2), dtype=np.float32)
+        # initial noise power: the particles' own power per shell (signal included)
+        sample = xp.asarray(rng.choice(b, size=min(b, 500), replace=False))
+        full_band = fourier_band(n, radius_shells=n // 2, xp=xp)
+        power = spectra_all[sample][:, full_band.index]
+        sigma2 = shell_noise_power(power.real**2 + power.imag**2, full_band, n_shells)
+        history: list[float] = []
+        step_deg = global_step_deg
+        shift_step = 1.0
+        first = 0
+    else:
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = resume.rng_state
+        halves = np.asarray(resume.halves, dtype=np.int64)
+        resolution_A = resume.resolution_A
+        references = list(xp.asarray(resume.references, dtype=np.float32))
+        rotations = xp.array(resume.rotations, dtype=np.float32)  # updated in place
+        shifts = xp.array(resume.shifts_px, dtype=np.float32)
+        sigma2 = xp.asarray(resume.sigma2, dtype=np.float32)
+        history = list(resume.resolution_history_A)
+        step_deg = resume.step_deg
+        shift_step = resume.shift_step_px
+        first = resume.iteration
     grid = xp.asarray(so3_grid(global_step_deg))
     shift_range = np.arange(-max_shift_px, max_shift_px + 1, dtype=np.float32)
     global_shifts = xp.asarray(
         np.stack(np.meshgrid(shift_range, shift_range, indexing="ij"), -1).reshape(-1, 2)
     )
-    for iteration in range(n_iterations):
+    for iteration in range(first, n_iterations):
         band = fourier_band(n, radius_shells=n * pixel_size_A / resolution_A, xp=xp)
         inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
         residual = xp.zeros(n_shells, dtype=np.float32)
@@ -497,6 +575,22 @@ def refine_3d(
         ]
         step_deg = (global_step_deg if iteration <= 1 else step_deg) / 2
         shift_step = max(shift_step / 2, 0.25)
+        if on_iteration is not None and iteration < n_iterations - 1:
+            on_iteration(
+                RefinementState(
+                    iteration=iteration + 1,
+                    references=xp.stack(references),
+                    rotations=rotations,
+                    shifts_px=shifts,
+                    halves=halves,
+                    sigma2=sigma2,
+                    resolution_A=float(resolution_A),
+                    step_deg=float(step_deg),
+                    shift_step_px=float(shift_step),
+                    resolution_history_A=[float(r) for r in history],
+                    rng_state=dict(rng.bit_generator.state),
+                )
+            )
     curves = masked_fsc(maps[0], maps[1], mask, rng=rng)
     final_A = resolution_at_threshold(
         to_host(curves.corrected), box_size_px=n, pixel_size_A=pixel_size_A
