@@ -37,14 +37,14 @@ async def run(
         without one, SIGTERM or SIGINT stops it (main thread only).
     ready_flag : asyncio.Event or threading.Event, optional
         Set by kopf once the watches are started.
+    namespaces : tuple of str, optional
+        Namespaces (globs) to serve; empty: the whole cluster.
 
     Notes
     -----
     On exit kopf cancels every task of the loop created after it started (kopf's
     ``run_tasks``), so a host that shares the loop loses its own later tasks; tests and
     benchmarks therefore run the operator in its own thread and event loop.
-    namespaces : tuple of str, optional
-        Namespaces (globs) to serve; empty: the whole cluster.
     """
     await kopf.operator(
         registry=kopf.get_default_registry(),

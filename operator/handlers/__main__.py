@@ -1,7 +1,7 @@
 """``python -m cryokube.operator.handlers``: run the operator with settings from the environment.
 
-The operator pod's command. It serves every namespace and stops on SIGTERM (kopf finishes the
-handlers in flight first).
+The operator pod's command. It serves the namespaces in ``CRYOKUBE_WATCH_NAMESPACES`` (every
+namespace when unset) and stops on SIGTERM (kopf finishes the handlers in flight first).
 """
 
 from __future__ import annotations
@@ -11,4 +11,5 @@ import asyncio
 from . import OperatorConfig, run
 
 if __name__ == "__main__":
-    asyncio.run(run(OperatorConfig.from_env()))
+    config = OperatorConfig.from_env()
+    asyncio.run(run(config, namespaces=config.watch_namespaces))

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kopf
 import kubernetes
 import prometheus_client
+import yaml
+from pydantic import ValidationError
 
 from ..manifests import WorkerConfig
 from ..metadata.client import MetadataClient
+from ..models import format_validation_error
 from ..registration import MetadataLink, NoMetadata, ServiceMetadata
 
 
@@ -39,6 +43,12 @@ class OperatorConfig:
         Port of the Prometheus ``/metrics`` endpoint; 0 disables it.
     cluster : bool
         Whether this runs against a real cluster (a Project's local ``storage.path`` is invalid).
+    watch_namespaces : tuple of str
+        Namespaces (kopf globs) to serve (``CRYOKUBE_WATCH_NAMESPACES``, comma-separated);
+        empty: the whole cluster.
+    workers : WorkerConfig
+        Defaults of every worker pod, read from the YAML file ``CRYOKUBE_WORKER_DEFAULTS``
+        names (the chart's ConfigMap); built-in defaults without one.
     """
 
     kube_host: str | None = None
@@ -47,11 +57,14 @@ class OperatorConfig:
     token_secret: str | None = field(default=None, repr=False)
     metrics_port: int = 0
     cluster: bool = True
+    watch_namespaces: tuple[str, ...] = ()
+    workers: WorkerConfig = field(default_factory=WorkerConfig)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
-        """Read the ``CRYOKUBE_*`` variables named in the attributes."""
+        """Read the ``CRYOKUBE_*`` variables named in the attributes (and the defaults file)."""
         port = os.environ.get("CRYOKUBE_METRICS_PORT", "9090")
+        path = os.environ.get("CRYOKUBE_WORKER_DEFAULTS")
         if not port.isdigit():
             raise ValueError(f"CRYOKUBE_METRICS_PORT must be a port number, got {port!r}")
         return cls(
@@ -60,7 +73,33 @@ class OperatorConfig:
             service_token=os.environ.get("CRYOKUBE_SERVICE_TOKEN") or None,
             token_secret=os.environ.get("CRYOKUBE_TOKEN_SECRET") or None,
             metrics_port=int(port),
+            watch_namespaces=tuple(
+                ns.strip()
+                for ns in os.environ.get("CRYOKUBE_WATCH_NAMESPACES", "").split(",")
+                if ns.strip()
+            ),
+            workers=load_worker_defaults(Path(path)) if path else WorkerConfig(),
         )
+
+
+def load_worker_defaults(path: Path) -> WorkerConfig:
+    """Read and validate the worker defaults file.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and each offending key (``tolerations.0.operator: ...``).
+    """
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"CRYOKUBE_WORKER_DEFAULTS {path}: {exc}") from None
+    try:
+        return WorkerConfig.model_validate(document or {})
+    except ValidationError as exc:
+        raise ValueError(
+            f"CRYOKUBE_WORKER_DEFAULTS {path}: {format_validation_error(exc)}"
+        ) from None
 
 
 def _metadata_link(config: OperatorConfig) -> MetadataLink:
@@ -105,7 +144,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
     memo.config = config
     memo.api = _api_client(config)
-    memo.worker_config = WorkerConfig(metadata_url=config.metadata_url)
+    # Workers report to the URL the defaults name, else to the operator's own.
+    memo.worker_config = (
+        config.workers
+        if config.workers.metadata_url
+        else config.workers.model_copy(update={"metadata_url": config.metadata_url})
+    )
     memo.metadata = _metadata_link(config)
     # Per-Job facts the kopf indexes may not show yet (see handlers.jobs): GPUs reserved by a
     # create, children created, and the last Event reason posted.
