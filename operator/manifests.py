@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from .models import JobResource, ProjectResource
+from pydantic import Field, field_validator
+
+from .models import QUANTITY, CamelModel, JobResource, ProjectResource, Toleration, WorkerDefaults
 
 LABEL_PREFIX = "cryokube.io"
 JOB_LABEL = f"{LABEL_PREFIX}/job"
@@ -22,8 +23,6 @@ TYPE_LABEL = f"{LABEL_PREFIX}/type"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 WORKER_CONTAINER = "worker"
-PROJECT_MOUNT = "/project"
-CACHE_MOUNT = "/cache"
 BAD_INPUT_EXIT_CODE = 2
 """``cryokube-worker`` exits 2 on bad input: retrying cannot help, so the Job fails at once."""
 
@@ -31,20 +30,78 @@ MAX_NAME_CHARS = 63
 # Keys that belong to tools, not to the user: never copied onto children (kopf keeps its
 # progress there; kubectl its last-applied configuration).
 FOREIGN_KEY_PREFIXES = ("kopf.zalando.org/", "kubectl.kubernetes.io/")
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Operator-wide settings that go into every worker pod.
+class SsdCache(CamelModel):
+    """The workers' node-local SSD cache of S3 objects and scratch space."""
 
-    Attributes
-    ----------
-    metadata_url : str or None
-        Base URL of the metadata service the workers report to; ``None`` when not configured
-        (workers then only write files).
+    host_path: str = Field("", description="Host path of the node's SSD (empty: an emptyDir).")
+    size_limit: str = Field("100Gi", pattern=QUANTITY, description="emptyDir size limit.")
+    mount_path: str = Field("/cache", pattern=r"^/", description="Mount path in the worker.")
+
+
+class PodResources(CamelModel):
+    """Default requests and limits of a worker container (quantities by resource name)."""
+
+    requests: dict[str, str] = Field(default_factory=dict, description="Requests.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Limits.")
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _quantities_as_text(cls, value: Any) -> Any:
+        # YAML reads `cpu: 4` as a number; Kubernetes quantities are strings.
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, int | float) else v for k, v in value.items()}
+        return value
+
+
+class LocalObjectReference(CamelModel):
+    """A reference by name to an object in the same namespace (an image pull Secret)."""
+
+    name: str = Field(description="Object name.")
+
+
+class WorkerConfig(CamelModel):
+    """Operator-wide defaults of every worker pod: the chart's ``worker-defaults.yaml``.
+
+    The operator reads the file named by ``CRYOKUBE_WORKER_DEFAULTS`` once at start-up. A
+    Project's own ``spec.workers`` settings and a Job's own ``spec.resources`` win over these
+    wherever the resource sets them; these win over the models' built-in defaults. The built-in
+    values here are what a pod gets with no file.
     """
 
-    metadata_url: str | None = None
+    metadata_url: str | None = Field(
+        None,
+        alias="metadataURL",
+        description="Metadata-service base URL the workers report to (none: files only).",
+    )
+    image: str = Field("ghcr.io/cryokube/worker:0.1.0", description="Worker image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Image pull policy (none: Kubernetes' default)."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, description="Secrets for a private registry (in each namespace)."
+    )
+    gpu_resource_name: str = Field("nvidia.com/gpu", description="Extended resource per GPU.")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod labels (the operator's own labels win)."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations.")
+    resources: PodResources = Field(
+        default_factory=PodResources, description="Requests and limits a Job does not set."
+    )
+    pod_security_context: dict[str, Any] = Field(
+        default_factory=dict, description="Base pod securityContext (hardening keys forced)."
+    )
+    container_security_context: dict[str, Any] = Field(
+        default_factory=dict, description="Base container securityContext (hardening forced)."
+    )
+    ssd_cache: SsdCache = Field(default_factory=SsdCache, description="The SSD cache.")
+    project_mount_path: str = Field(
+        "/project", pattern=r"^/", description="Where a PVC project root is mounted."
+    )
 
 
 def child_name(job_name: str, step: str = "run") -> str:
@@ -102,17 +159,19 @@ def build_token_secret(job: JobResource, token: str) -> dict[str, Any]:
     }
 
 
-def _storage(project: ProjectResource, job_name: str) -> tuple[list[Any], list[Any], list[Any]]:
-    """Volumes, mounts and env for the project's storage root (PVC or S3)."""
+def _storage(
+    project: ProjectResource, job_name: str, mount: str
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Volumes, mounts and env for the project's storage root (PVC at ``mount``, or S3)."""
     storage = project.spec.storage
     if storage.pvc is not None:
         volumes = [
             {"name": "project", "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}}
         ]
-        mounts = [{"name": "project", "mountPath": PROJECT_MOUNT, "subPath": storage.pvc.sub_path}]
+        mounts = [{"name": "project", "mountPath": mount, "subPath": storage.pvc.sub_path}]
         env: list[dict[str, Any]] = [
-            {"name": "CRYOKUBE_STORAGE_ROOT", "value": PROJECT_MOUNT},
-            {"name": "CRYOKUBE_JOB_DIR", "value": f"{PROJECT_MOUNT}/{job_name}"},
+            {"name": "CRYOKUBE_STORAGE_ROOT", "value": mount},
+            {"name": "CRYOKUBE_JOB_DIR", "value": f"{mount.rstrip('/')}/{job_name}"},
         ]
         return volumes, mounts, env
     if storage.s3 is not None:
@@ -136,6 +195,42 @@ def _storage(project: ProjectResource, job_name: str) -> tuple[list[Any], list[A
         f"project {project.metadata.name!r}: spec.storage.path is for the local runner only; "
         "a cluster needs spec.storage.pvc or spec.storage.s3"
     )
+
+
+HARDENED_CONTAINER: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""Container security settings no default may loosen (writable paths are emptyDir volumes)."""
+
+
+def _own(workers: WorkerDefaults, field: str, default: T) -> T:
+    """The Project's ``spec.workers`` field when the Project sets it, else ``default``."""
+    value: T = getattr(workers, field) if field in workers.model_fields_set else default
+    return value
+
+
+def _resources(job: JobResource, defaults: PodResources, gpu_resource: str) -> dict[str, Any]:
+    """Requests and limits: the Job's own cpu and memory, else the defaults, else the model's.
+
+    A Job's own memory is both its request and its limit; GPUs are requested and limited alike,
+    as Kubernetes requires for extended resources.
+    """
+    own = job.spec.resources
+    cpu = own.cpu if "cpu" in own.model_fields_set else defaults.requests.get("cpu", own.cpu)
+    if "memory" in own.model_fields_set:
+        memory = memory_limit = own.memory
+    else:
+        memory = defaults.requests.get("memory", own.memory)
+        memory_limit = defaults.limits.get("memory", memory)
+    requests: dict[str, Any] = {**defaults.requests, "cpu": cpu, "memory": memory}
+    limits: dict[str, Any] = {**defaults.limits, "memory": memory_limit}
+    gpus = job.gpus_per_pod()
+    if gpus:
+        requests[gpu_resource] = limits[gpu_resource] = str(gpus)
+    return {"requests": requests, "limits": limits}
 
 
 def build_child_job(
@@ -175,13 +270,9 @@ def build_child_job(
     name = job.metadata.name
     workers = project.spec.workers
     labels = child_labels(job)
-    volumes, mounts, storage_env = _storage(project, name)
-    gpus = job.gpus_per_pod()
-    requests: dict[str, Any] = {"cpu": job.spec.resources.cpu, "memory": job.spec.resources.memory}
-    limits: dict[str, Any] = {"memory": job.spec.resources.memory}
-    if gpus:
-        requests[workers.gpu_resource_name] = str(gpus)
-        limits[workers.gpu_resource_name] = str(gpus)
+    volumes, mounts, storage_env = _storage(project, name, config.project_mount_path)
+    gpu_resource = _own(workers, "gpu_resource_name", config.gpu_resource_name)
+    cache = config.ssd_cache
     env: list[dict[str, Any]] = [
         {"name": "CRYOKUBE_PROJECT", "value": job.spec.project},
         {"name": "CRYOKUBE_JOB", "value": name},
@@ -193,7 +284,7 @@ def build_child_job(
             "value": json.dumps([i.model_dump() for i in job.spec.inputs]),
         },
         {"name": "CRYOKUBE_SHARDS", "value": str(job.spec.shards)},
-        {"name": "CRYOKUBE_CACHE_DIR", "value": CACHE_MOUNT},
+        {"name": "CRYOKUBE_CACHE_DIR", "value": cache.mount_path},
         *storage_env,
         {
             "name": "CRYOKUBE_JOB_TOKEN",
@@ -202,7 +293,10 @@ def build_child_job(
     ]
     if config.metadata_url:
         env.append({"name": "CRYOKUBE_METADATA_URL", "value": config.metadata_url})
+    # The Project's UNIX ids always apply (files belong to the lab); hardening is forced.
     pod_security: dict[str, Any] = {
+        "seccompProfile": {"type": "RuntimeDefault"},
+        **config.pod_security_context,
         "runAsUser": project.spec.run_as_user,
         "runAsGroup": project.spec.run_as_group,
         "fsGroup": (
@@ -211,27 +305,27 @@ def build_child_job(
             else project.spec.run_as_group
         ),
         "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
     }
-    container = {
+    container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
-        "image": workers.image,
+        "image": _own(workers, "image", config.image),
+        **({"imagePullPolicy": config.image_pull_policy} if config.image_pull_policy else {}),
         "command": ["cryokube-worker", "run"],
         "args": ["--job", name, "--type", job.spec.type],
         "env": env,
-        "resources": {"requests": requests, "limits": limits},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "resources": _resources(job, config.resources, gpu_resource),
+        "securityContext": {**config.container_security_context, **HARDENED_CONTAINER},
         "volumeMounts": [
             *mounts,
-            {"name": "cache", "mountPath": CACHE_MOUNT},
+            {"name": "cache", "mountPath": cache.mount_path},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    cache_volume: dict[str, Any] = (
+        {"hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+        if cache.host_path
+        else {"emptyDir": {"sizeLimit": _own(workers, "cache_size", cache.size_limit)}}
+    )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -239,13 +333,21 @@ def build_child_job(
         "containers": [container],
         "volumes": [
             *volumes,
-            {"name": "cache", "emptyDir": {"sizeLimit": workers.cache_size}},
+            {"name": "cache", **cache_volume},
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
     }
-    if workers.node_selector:
-        pod_spec["nodeSelector"] = {term.key: term.value for term in workers.node_selector}
-    if workers.tolerations:
+    if config.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [ref.model_dump() for ref in config.image_pull_secrets]
+    node_selector = (
+        {term.key: term.value for term in workers.node_selector}
+        if "node_selector" in workers.model_fields_set
+        else config.node_selector
+    )
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = _own(workers, "tolerations", config.tolerations)
+    if tolerations:
         # operator is always written: Kubernetes reads a missing one as Equal, which would not
         # tolerate valued taints (GKE's nvidia.com/gpu=present) with the model's default Exists.
         pod_spec["tolerations"] = [
@@ -255,7 +357,7 @@ def build_child_job(
                 **({"value": t.value} if t.operator == "Equal" else {}),
                 **({"effect": t.effect} if t.effect else {}),
             }
-            for t in workers.tolerations
+            for t in tolerations
         ]
     spec: dict[str, Any] = {
         "completions": job.spec.shards,
@@ -275,7 +377,7 @@ def build_child_job(
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": {"metadata": {"labels": {**config.pod_labels, **labels}}, "spec": pod_spec},
     }
     if job.spec.queue:
         spec["suspend"] = True

@@ -423,7 +423,7 @@ def test_operator_built_worker_pods_are_the_ones_the_policies_select(
 
     case = (repo_root / "tests/data/operator/input/pvc_sharded_gpu.yaml").read_text()
     project, job = yaml.safe_load_all(case.replace("{namespace}", "lab"))
-    config = WorkerConfig(metadata_url=worker_defaults(docs)["metadataURL"])
+    config = WorkerConfig.model_validate(worker_defaults(docs))
     child = build_child_job(parse_job(job), parse_project(project), config=config)
     labels = child["spec"]["template"]["metadata"]["labels"]
     worker = Pod("worker", "lab", labels, frozenset())
@@ -472,8 +472,31 @@ def test_workers_get_the_configured_defaults(repo_root: Path) -> None:
     assert workers["gpuResourceName"] == "nvidia.com/mig-1g.10gb"
     assert workers["image"] == "ghcr.io/cryokube/worker:1.2.3"
     assert workers["nodeSelector"] == {"node.kubernetes.io/instance-type": "g6e.xlarge"}
-    assert workers["storage"]["s3"]["bucket"] == "lab-cryokube-projects"
     assert workers["metadataURL"] == f"http://{RELEASE}-cryokube-metadata.{NAMESPACE}.svc:8080"
+
+
+def test_worker_defaults_parse_into_the_operator_model(
+    repo_root: Path, docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # The operator reads the rendered ConfigMap through the same loader it uses at start-up, so
+    # a key the chart renders and the operator does not know fails here, not in the cluster.
+    from cryokube.operator.handlers.startup import load_worker_defaults
+
+    config = one(docs, "ConfigMap", "-worker-defaults")
+    path = tmp_path / "worker-defaults.yaml"
+    path.write_text(config["data"]["worker-defaults.yaml"])
+    workers = load_worker_defaults(path)
+    values = yaml.safe_load((repo_root / "charts/cryokube/values.yaml").read_text())
+    assert workers.pod_labels == values["workers"]["podLabels"]
+    assert workers.container_security_context == values["containerSecurityContext"]
+    assert workers.tolerations[0].key == "nvidia.com/gpu"
+    assert workers.ssd_cache.mount_path == values["workers"]["ssdCache"]["mountPath"]
+    assert workers.project_mount_path == values["storage"]["pvc"]["mountPath"]
+    operator = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    (container,) = operator["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "worker-defaults"]
+    assert env["CRYOKUBE_WORKER_DEFAULTS"] == f"{mount['mountPath']}/worker-defaults.yaml"
 
 
 def test_mongodb_modes(repo_root: Path) -> None:
