@@ -116,7 +116,8 @@ class ServiceMetadata:
                 name=project.metadata.name,
                 members=[m.name for m in spec.members if m.kind == "User"],
                 groups=[m.name for m in spec.members if m.kind == "Group"],
-                storage_root=root if root and root.startswith("/") else None,
+                storage_root=root if root and root.startswith(("/", "s3://")) else None,
+                namespace=project.metadata.namespace,
             )
         )
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from cryokube.operator.metadata.app import create_app
 from cryokube.operator.metadata.client import MetadataClient
+from cryokube.operator.metadata.models import ProjectCreate
 from cryokube.operator.metadata.tokens import verify_job_token
 from cryokube.operator.models import parse_job, parse_project
 from cryokube.operator.registration import NoMetadata, ServiceMetadata
@@ -63,3 +64,23 @@ async def test_without_a_service_tokens_are_random_and_nothing_is_recorded() -> 
     assert len(tokens) == 3
     assert all(len(t) >= 43 for t in tokens)  # 32 random bytes, base64url
     assert await link.progress_percent(job) is None
+
+
+async def test_an_s3_project_is_recorded_with_its_root_and_namespace(
+    aiohttp_server: Any, mongo_server: Any, mongo_db_name: str
+) -> None:
+    server = await aiohttp_server(create_app(make_settings(mongo_server.uri, mongo_db_name)))
+    client = MetadataClient(str(server.make_url("/")), service_token=SERVICE_TOKEN)
+    link = ServiceMetadata(client, token_secret=TOKEN_SECRET)
+    s3 = {"bucket": "cryo", "prefix": "labs/ribo", "secretRef": "s3-keys"}
+    project = parse_project(
+        {"metadata": {"name": "ribo", "namespace": "lab-b"}, "spec": {"storage": {"s3": s3}}}
+    )
+    try:
+        await link.register_project(project)
+        # An identical replay returns the stored record (a different one would be a 409).
+        replay = ProjectCreate(name="ribo", storage_root="s3://cryo/labs/ribo", namespace="lab-b")
+        stored = await client.register_project(replay)
+        assert (stored.storage_root, stored.namespace) == ("s3://cryo/labs/ribo", "lab-b")
+    finally:
+        await link.close()

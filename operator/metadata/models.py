@@ -146,7 +146,15 @@ class ProjectCreate(Request):
     storage_root: str | None = Field(
         default=None,
         max_length=1024,
-        description="The project's storage root (an absolute path), where the console reads outputs.",
+        description=(
+            "The project's storage root (an absolute path or s3://bucket/prefix), where the "
+            "console reads outputs."
+        ),
+    )
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Kubernetes namespace of the Project resource, where the console creates Jobs.",
     )
 
 
@@ -159,6 +167,7 @@ class Project(Response):
     groups: list[str]
     created_at: datetime
     storage_root: str | None = None
+    namespace: str | None = None
 
 
 # Jobs ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ _FIELDS = {
     "groups": 1,
     "created_at_ms": 1,
     "storage_root": 1,
+    "namespace": 1,
 }
 
 
@@ -28,6 +29,7 @@ def _project(doc: Document) -> Project:
         groups=list(doc["groups"]),
         created_at=from_ms(doc["created_at_ms"]),
         storage_root=doc.get("storage_root"),
+        namespace=doc.get("namespace"),
     )
 
 
@@ -58,6 +60,7 @@ class ProjectRepository:
             "members": sorted(set(project.members)),
             "groups": sorted(set(project.groups)),
             "storage_root": project.storage_root,
+            "namespace": project.namespace,
             "created_at_ms": now_ms(),
         }
         try:
@@ -69,7 +72,10 @@ class ProjectRepository:
                 existing.members,
                 existing.groups,
                 existing.storage_root,
-            ) == (doc["display_name"], doc["members"], doc["groups"], doc["storage_root"])
+                existing.namespace,
+            ) == tuple(
+                doc[k] for k in ("display_name", "members", "groups", "storage_root", "namespace")
+            )
             if existing is None or not same:
                 raise Conflict(f"project {project.name!r} exists with other settings") from None
             return existing, False
