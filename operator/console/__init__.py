@@ -8,9 +8,18 @@ user sees exactly the projects the API shows them.
 
 from cryokube.operator.console.submit import (
     JobSubmitter,
+    KubernetesSubmitter,
     LocalStoreSubmitter,
     set_job_submitter,
+    setup_kubernetes_submitter,
 )
 from cryokube.operator.console.views import setup_console
 
-__all__ = ["JobSubmitter", "LocalStoreSubmitter", "set_job_submitter", "setup_console"]
+__all__ = [
+    "JobSubmitter",
+    "KubernetesSubmitter",
+    "LocalStoreSubmitter",
+    "set_job_submitter",
+    "setup_console",
+    "setup_kubernetes_submitter",
+]

@@ -5,17 +5,28 @@ in the metadata service under the resource's UID. The console therefore submits 
 through a :class:`JobSubmitter` set on the app with :func:`set_job_submitter`, and does not
 register the job itself. Without a submitter (a service with nothing that runs jobs), the form
 registers the job directly so that it is at least recorded, Queued.
+
+In a cluster, :class:`KubernetesSubmitter` creates the resource through the API server as the
+service's ServiceAccount (RBAC: ``create`` on ``jobs.cryokube.io``, nothing else); the console
+user who asked is recorded in the :data:`SUBMITTED_BY` annotation.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+import json
+from typing import Any, Protocol, cast
 
+import kubernetes
 from aiohttp import web
 
 from ..local.store import ResourceStore
-from ..models import API_VERSION
+from ..models import API_VERSION, GROUP, VERSION
+
+SUBMITTED_BY = "cryokube.io/submitted-by"
+"""Annotation of a Job resource created from the console: the user (proxy name) who asked."""
+HTTP_CONFLICT = 409
+HTTP_UNPROCESSABLE = 422
 
 
 class JobSubmitter(Protocol):
@@ -37,17 +48,22 @@ def set_job_submitter(app: web.Application, submitter: JobSubmitter) -> None:
 def job_resource(
     *,
     project: str,
+    namespace: str | None,
     name: str,
     job_type: str,
     params: dict[str, Any],
     inputs: list[dict[str, str]],
+    submitted_by: str,
 ) -> dict[str, Any]:
-    """The Job resource the form describes (``kubectl apply``'s shape; the submitter picks the
-    namespace)."""
+    """The Job resource the form describes (``kubectl apply``'s shape), in the project's
+    Kubernetes ``namespace`` when the project records one."""
+    metadata: dict[str, Any] = {"name": name, "annotations": {SUBMITTED_BY: submitted_by}}
+    if namespace is not None:
+        metadata["namespace"] = namespace
     return {
         "apiVersion": API_VERSION,
         "kind": "Job",
-        "metadata": {"name": name},
+        "metadata": metadata,
         "spec": {"project": project, "type": job_type, "params": params, "inputs": inputs},
     }
 
@@ -80,3 +96,87 @@ class LocalStoreSubmitter:
             raise ValueError(f"name: a job {name!r} already exists in project {project!r}")
         namespaced = {**resource, "metadata": {**resource["metadata"], "namespace": found[0]}}
         self._store.apply(namespaced)
+
+
+def _form_field(api_field: str) -> str:
+    """The form's name for a field of the resource (``metadata.name`` is the form's ``name``,
+    ``spec.params.X`` its parameter ``X``); other paths as the API server wrote them."""
+    if api_field == "metadata.name":
+        return "name"
+    return api_field.removeprefix("spec.params.")
+
+
+def _invalid(exc: kubernetes.client.ApiException) -> ValueError:
+    """The API server's 422 as one error per field it names (its ``details.causes``)."""
+    try:
+        status = json.loads(exc.body or "{}")
+    except ValueError:
+        status = {}
+    causes = status.get("details", {}).get("causes") or []
+    named = [f"{_form_field(c['field'])}: {c.get('message', '')}" for c in causes if c.get("field")]
+    return ValueError("; ".join(named) or f"spec: {status.get('message', exc.reason)}")
+
+
+class KubernetesSubmitter:
+    """Creates Job resources through the Kubernetes API (``cryokube.io/v1alpha1``, ``jobs``).
+
+    ``api`` is a ``kubernetes.client.ApiClient``; its synchronous calls run in a worker thread.
+    The resource goes into the project's namespace (recorded with the project when the operator
+    registered it). A 409 (the name is taken) and a 422 (the API server's schema validation)
+    become ``ValueError`` naming the form field; other API errors propagate.
+    """
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self._custom = kubernetes.client.CustomObjectsApi(api)
+
+    async def close(self) -> None:
+        """Close the API client's connections."""
+        self._api.close()
+
+    async def submit(self, resource: dict[str, Any]) -> None:
+        """Create ``resource`` in ``metadata.namespace``."""
+        namespace = resource["metadata"].get("namespace")
+        project = resource["spec"]["project"]
+        if not namespace:
+            raise ValueError(
+                f"spec.project: project {project!r} records no Kubernetes namespace "
+                "(its Project resource has not been registered by the operator)"
+            )
+        try:
+            await asyncio.to_thread(
+                self._custom.create_namespaced_custom_object,
+                GROUP, VERSION, namespace, "jobs", cast(Any, resource),
+            )  # fmt: skip
+        except kubernetes.client.ApiException as exc:
+            name = resource["metadata"]["name"]
+            if exc.status == HTTP_CONFLICT:
+                msg = f"name: a job {name!r} already exists in project {project!r}"
+                raise ValueError(msg) from None
+            if exc.status == HTTP_UNPROCESSABLE:
+                raise _invalid(exc) from None
+            raise
+
+
+def kube_api_client(host: str | None) -> Any:
+    """An API client for ``host``, else the pod's ServiceAccount, else the kubeconfig."""
+    if host:
+        conf = kubernetes.client.Configuration()
+        conf.host = host
+        return kubernetes.client.ApiClient(conf)
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+def setup_kubernetes_submitter(app: web.Application, host: str | None) -> None:
+    """Submit the form's Job resources through the Kubernetes API; close it at app cleanup."""
+    submitter = KubernetesSubmitter(kube_api_client(host))
+    set_job_submitter(app, submitter)
+
+    async def close(_app: web.Application) -> None:
+        await submitter.close()
+
+    app.on_cleanup.append(close)

@@ -264,8 +264,9 @@ async def create_job(request: web.Request) -> web.StreamResponse:
         created, _ = await request.app[JOBS].register(who, job)
         raise web.HTTPSeeOther(f"{PREFIX}/jobs/{created.uid}")
     resource = job_resource(
-        project=project.name, name=job.name, job_type=job.job_type,
-        params=job.parameters, inputs=[i.model_dump() for i in job.inputs],
+        project=project.name, namespace=project.namespace, name=job.name,
+        job_type=job.job_type, params=job.parameters,
+        inputs=[i.model_dump() for i in job.inputs], submitted_by=who.name,
     )  # fmt: skip
     try:
         await submitter.submit(resource)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..console import setup_console
+from ..console import setup_console, setup_kubernetes_submitter
 from .embedded import EmbeddedMongo
 from .keys import HUB, JOBS, METRICS, PROJECTS, REPOS, SETTINGS, SHUTDOWN, WORKER
 from .metrics import Metrics
@@ -128,6 +128,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SHUTDOWN] = asyncio.Event()
     setup_routes(app)
     setup_console(app)
+    if settings.job_submitter == "kubernetes":
+        setup_kubernetes_submitter(app, settings.kube_host)
     app.cleanup_ctx.extend([_embedded_ctx, _store_ctx, _feed_ctx])
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -80,6 +81,21 @@ class Settings(BaseModel):
         gt=0.0,
         description="Idle time before an SSE comment line keeps a stream open, s.",
     )
+    job_submitter: Literal["none", "kubernetes"] = Field(
+        default="none",
+        description=(
+            "Where the console's create-job form sends Job resources: 'kubernetes' creates them "
+            "through the API server (in a cluster); 'none' registers the job only (the "
+            "workstation runner sets its own submitter)."
+        ),
+    )
+    kube_host: str | None = Field(
+        default=None,
+        description=(
+            "Kubernetes API server URL instead of the in-cluster service account or kubeconfig "
+            "(job_submitter 'kubernetes'; tests point it at an emulator)."
+        ),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -102,6 +118,8 @@ class Settings(BaseModel):
             "CRYOKUBE_SERVICE_TOKEN": "service_token",
             "CRYOKUBE_PROXY_SECRET": "proxy_secret",
             "CRYOKUBE_CLIENT_MAX_SIZE_BYTES": "client_max_size_bytes",
+            "CRYOKUBE_JOB_SUBMITTER": "job_submitter",
+            "CRYOKUBE_KUBE_HOST": "kube_host",
         }
         for var, field in mapping.items():
             if env.get(var):
