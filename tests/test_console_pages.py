@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from cryokube.operator.console.forms import csrf_token
 from cryokube.operator.metadata.app import create_app
+from cryokube.processing.storage import S3Storage
 from support.console_data import JOBS, register_pipeline, write_pipeline
 from support.metadata_app import OPERATOR, TOKEN_SECRET, admin, make_settings, user
 
@@ -63,16 +64,16 @@ async def test_project_page_draws_the_job_graph(api: Any) -> None:
     assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize(
-    ("job", "classes"),
-    [
-        ("motion-1", ["plot motion"]),
-        ("ctf-1", ["plot ctf-fit", "plot defocus"]),
-        ("picks-1", ["plot picks"]),
-        ("classes-1", ["plot classes"]),
-        ("refine-1", ["plot fsc", "plot volume"]),
-    ],
-)
+PLOTS = [
+    ("motion-1", ["plot motion"]),
+    ("ctf-1", ["plot ctf-fit", "plot defocus"]),
+    ("picks-1", ["plot picks"]),
+    ("classes-1", ["plot classes"]),
+    ("refine-1", ["plot fsc", "plot volume"]),
+]
+
+
+@pytest.mark.parametrize(("job", "classes"), PLOTS)
 async def test_job_page_shows_the_plots_of_its_outputs(
     api: Any, job: str, classes: list[str]
 ) -> None:
@@ -84,6 +85,46 @@ async def test_job_page_shows_the_plots_of_its_outputs(
         assert "FSC: 8.00 Å at 0.143" in page  # the resolution the FSC file encodes
     assert "started" in page  # the log tail
     assert "Run time" in page
+
+
+@pytest.fixture
+async def s3_api(
+    aiohttp_client: Any,
+    mongo_server: Any,
+    mongo_db_name: str,
+    s3_server: Any,
+    s3_client: Any,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """The same finished pipeline, its project root in a bucket of the moto S3 server."""
+    # The service reads S3 with boto3's usual credentials, as in a pod.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    write_pipeline(tmp_path)
+    bucket = S3Storage(s3_client, s3_bucket, "labs/apo")
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        bucket.put_file(path, path.relative_to(tmp_path).as_posix())
+    settings = make_settings(
+        mongo_server.uri, mongo_db_name, s3_endpoint_url=s3_server.endpoint_url
+    )
+    client = await aiohttp_client(create_app(settings))
+    body = {"name": "apo", "members": ["mia"], "storage_root": f"s3://{s3_bucket}/labs/apo"}
+    assert (await client.post("/api/v1/projects", json=body, headers=admin())).status == 201
+    client.uids = await register_pipeline(client)
+    return client
+
+
+@pytest.mark.s3
+async def test_a_project_on_s3_shows_the_same_plots(s3_api: Any) -> None:
+    for job, classes in PLOTS:
+        page = await _html(s3_api, f"/console/jobs/{s3_api.uids[job]}")
+        for css in classes:
+            assert f'class="{css}"' in page, job
+        assert "not shown" not in page
+    page = await _html(s3_api, f"/console/jobs/{s3_api.uids['refine-1']}")
+    assert "FSC: 8.00 Å at 0.143" in page
 
 
 async def test_queue_page_says_why_jobs_wait(api: Any) -> None:

@@ -30,13 +30,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from botocore.exceptions import BotoCoreError, ClientError
 from cryokube.processing.datasets import load_cs
 from cryokube.processing.io import read_mrc
 from cryokube.processing.jobs import DataKind
-from cryokube.processing.storage import Storage, StorageError
+from cryokube.processing.storage import PosixStorage, S3Storage, Storage, StorageError
+from cryokube.processing.storage.s3 import make_client
 from cryokube.processing.worker.manifest import MANIFEST_NAME, GroupEntry, JobManifest
 
 from . import plots
@@ -47,6 +51,8 @@ MAX_ARRAY_BYTES = 64 * 1024 * 1024
 MAX_TRAJECTORIES = 8
 MAX_MRC_BYTES = 1024 * 1024 * 1024
 """Largest class stack or volume the console reads for a plot (the manifest gives the size)."""
+UNREADABLE = (OSError, StorageError, ValueError, KeyError, IndexError, BotoCoreError, ClientError)
+"""What reading an output can raise when it is missing, corrupt or its store unreachable."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,32 @@ class Source:
     storage: Storage
     manifest: JobManifest
     group: GroupEntry
+
+
+class StorageOpener:
+    """Opens a project's storage root: an absolute folder or ``s3://bucket/prefix``.
+
+    S3 roots share one boto3 client (made on first use, thread-safe afterwards) for the
+    ``endpoint_url`` of the service's S3-compatible store; objects are read through temporary
+    local copies, and :class:`FigureCache` keeps the figures so each is fetched once.
+    """
+
+    def __init__(self, endpoint_url: str | None = None) -> None:
+        self._endpoint_url = endpoint_url
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def open(self, root: str) -> Storage:
+        """The storage of ``root``; ``ValueError`` naming it when it is neither form."""
+        if root.startswith("s3://"):
+            bucket, _, prefix = root.removeprefix("s3://").partition("/")
+            with self._lock:
+                if self._client is None:
+                    self._client = make_client(endpoint_url=self._endpoint_url)
+            return S3Storage(self._client, bucket, prefix)
+        if not root.startswith("/"):
+            raise ValueError(f"storage_root: {root!r} is neither an absolute path nor s3://")
+        return PosixStorage(Path(root))
 
 
 def read_job_manifest(storage: Storage, job_name: str) -> JobManifest | None:
@@ -213,7 +245,7 @@ def job_figures(storage: Storage, manifest: JobManifest) -> list[Figure]:
         for what, reader in READERS:
             try:
                 figures.extend(reader(Source(storage, manifest, group)))
-            except (OSError, StorageError, ValueError, KeyError, IndexError) as exc:
+            except UNREADABLE as exc:
                 log.warning("console: %s of %s/%s unreadable", what, manifest.job, group.name)
                 figures.append(Figure(f"{what} ({group.name})", note=f"not shown: {exc}"))
     return figures

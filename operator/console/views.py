@@ -8,6 +8,7 @@ the services (401, 404 for a foreign project) pass to the service's error middle
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,6 @@ from urllib.parse import urlsplit
 import jinja2
 from aiohttp import web
 from cryokube.processing import jobs as catalog
-from cryokube.processing.storage import PosixStorage
 from markupsafe import Markup
 from pydantic import ValidationError
 
@@ -37,15 +37,17 @@ from ..metadata.models import (
     Resources,
 )
 from ..metadata.services.access import Identity
-from .figures import Figure, FigureCache, read_job_manifest
+from .figures import UNREADABLE, Figure, FigureCache, StorageOpener, read_job_manifest
 from .forms import CSRF_FIELD, csrf_token, csrf_valid, form_fields, params_from_form
 from .graph import STATUS_COLOURS, Node, job_graph_svg
 from .submit import SUBMITTER, job_resource
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 PREFIX = "/console"
 ENV = web.AppKey("console_templates", jinja2.Environment)
 FIGURES = web.AppKey("console_figures", FigureCache)
+STORAGE = web.AppKey("console_storage", StorageOpener)
 PAGE_SIZE = 500
 LOG_PAGE = 200
 """Events rendered with a job page; the live stream sends every later one from there."""
@@ -123,13 +125,20 @@ async def project_page(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
 
 
-def _storage_figures(cache: FigureCache, project: Project, job: Job) -> tuple[list[Figure], str]:
-    """Figures from the job's outputs on the project's storage, or a note why there are none."""
+def _storage_figures(
+    opener: StorageOpener, cache: FigureCache, project: Project, job: Job
+) -> tuple[list[Figure], str]:
+    """Figures from the job's outputs on the project's storage (a folder or S3), or a note
+    why there are none."""
     root = project.storage_root
-    if root is None or "://" in root:
+    if root is None:
         return [], "The project records no storage root the console can read."
-    storage = PosixStorage(root)
-    manifest = read_job_manifest(storage, job.name)
+    try:
+        storage = opener.open(root)
+        manifest = read_job_manifest(storage, job.name)
+    except UNREADABLE as exc:
+        log.warning("console: manifest of %s in %s unreadable: %s", job.name, root, exc)
+        return [], f"The job's manifest in {root} could not be read: {exc}"
     if manifest is None:
         return [], "No manifest yet: the job has not finished writing its outputs."
     return cache.figures(root, storage, manifest), ""
@@ -143,7 +152,9 @@ async def job_page(request: web.Request) -> web.StreamResponse:
     project = await request.app[PROJECTS].get(who, job.project)
     events = await service.events(who, job.uid, EventQuery(limit=LOG_PAGE))
     outputs = await service.outputs(who, job.uid)
-    figures, note = await asyncio.to_thread(_storage_figures, request.app[FIGURES], project, job)
+    figures, note = await asyncio.to_thread(
+        _storage_figures, request.app[STORAGE], request.app[FIGURES], project, job
+    )
     times = sorted(job.status_times.items(), key=lambda kv: kv[1])
     started, finished = job.status_times.get(JobStatus.RUNNING), None
     if job.status in TERMINAL:
@@ -290,6 +301,7 @@ def setup_console(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
     )
     app[FIGURES] = FigureCache()
+    app[STORAGE] = StorageOpener(app[SETTINGS].s3_endpoint_url)
     router = app.router
     router.add_get(PREFIX, index, name="console_index")
     router.add_get(f"{PREFIX}/", index, name="console_index_slash")

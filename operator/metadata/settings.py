@@ -96,6 +96,13 @@ class Settings(BaseModel):
             "(job_submitter 'kubernetes'; tests point it at an emulator)."
         ),
     )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description=(
+            "Endpoint of the S3-compatible store holding s3:// project roots (none: AWS); "
+            "credentials come from boto3's usual sources (AWS_* variables, workload identity)."
+        ),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -120,6 +127,7 @@ class Settings(BaseModel):
             "CRYOKUBE_CLIENT_MAX_SIZE_BYTES": "client_max_size_bytes",
             "CRYOKUBE_JOB_SUBMITTER": "job_submitter",
             "CRYOKUBE_KUBE_HOST": "kube_host",
+            "AWS_ENDPOINT_URL": "s3_endpoint_url",
         }
         for var, field in mapping.items():
             if env.get(var):
