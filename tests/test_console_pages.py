@@ -190,3 +190,39 @@ async def test_form_names_the_bad_parameter(api: Any) -> None:
     resp = await _post(api, form)
     assert resp.status == 422
     assert "res_max_align" in await resp.text()
+
+
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "reason"),
+    [
+        ("/console/projects", {"X-Forwarded-User": "mia"}, 401, "Unauthenticated"),
+        ("/console/projects/secret", MIA, 404, "NotFound"),
+        ("/console/no/such/page", MIA, 404, "Not Found"),
+    ],
+)
+async def test_errors_are_pages_for_a_browser_and_json_for_api_clients(
+    api: Any, path: str, headers: dict[str, str], status: int, reason: str
+) -> None:
+    page = await api.get(path, headers={**headers, "Accept": BROWSER})
+    assert page.status == status
+    assert page.content_type == "text/html"
+    assert f'<h1 id="error" data-status="{status}">' in await page.text()
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for accept in ("*/*", "application/json", "application/json, text/html;q=0.5"):
+        resp = await api.get(path, headers={**headers, "Accept": accept})
+        assert resp.status == status
+        assert resp.content_type == "application/json"
+        assert (await resp.json())["error"].replace(" ", "") == reason.replace(" ", "")
+
+
+async def test_a_refused_form_post_is_a_403_page_for_a_browser(api: Any) -> None:
+    form = {"job_type": "ctf_estimation", "name": "ctf-9"}
+    resp = await _post(api, form, headers={**MIA, "Accept": BROWSER})
+    assert resp.status == 403
+    assert '<h1 id="error" data-status="403">403 Forbidden</h1>' in await resp.text()
+    api_resp = await api.get("/api/v1/projects/secret", headers={**MIA, "Accept": BROWSER})
+    assert api_resp.status == 404
+    assert api_resp.content_type == "text/html"  # a browser opening an API URL reads a page too

@@ -8,6 +8,7 @@ the services (401, 404 for a foreign project) pass to the service's error middle
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import uuid
 from collections.abc import Mapping
@@ -17,12 +18,13 @@ from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from cryokube.processing import jobs as catalog
 from markupsafe import Markup
 from pydantic import ValidationError
 
 from ..metadata.auth import user_identity
-from ..metadata.errors import Forbidden, NotFound
+from ..metadata.errors import Forbidden, MetadataError, NotFound
 from ..metadata.keys import JOBS, PROJECTS, SETTINGS
 from ..metadata.models import (
     TERMINAL,
@@ -288,6 +290,51 @@ async def create_job(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"{PREFIX}/projects/{project.name}#job-{job.name}")
 
 
+def _prefers_html(request: web.Request) -> bool:
+    """Whether ``Accept`` ranks ``text/html`` (named, not a wildcard) above JSON, as a browser's
+    page load does; API clients (``*/*``, ``application/json``) and ``EventSource`` do not."""
+    html_q = json_q = 0.0
+    for item in request.headers.get("Accept", "").split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == "text/html":
+            html_q = max(html_q, q)
+        elif media in {"application/json", "application/*", "*/*"}:
+            json_q = max(json_q, q)
+    return html_q > json_q
+
+
+@web.middleware
+async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Client errors (401, 403, 404, 405...) as an HTML page when the caller is a browser.
+
+    Everyone else, and server errors (5xx, counted and logged by the service's error
+    middleware), get the service's JSON problem responses.
+    """
+    try:
+        return await handler(request)
+    except MetadataError as exc:
+        if not 400 <= exc.status < 500 or not _prefers_html(request):
+            raise
+        status, message = exc.status, exc.message
+    except web.HTTPException as exc:
+        if not 400 <= exc.status < 500 or not _prefers_html(request):
+            raise
+        status, message = exc.status, exc.reason
+    return _render(
+        request, "error.html", status=status, code=status, who=None,
+        title=http.HTTPStatus(status).phrase, message=message,
+    )  # fmt: skip
+
+
 async def index(_request: web.Request) -> web.StreamResponse:
     """``/console`` and ``/console/`` go to the projects page."""
     raise web.HTTPFound(f"{PREFIX}/projects")
@@ -302,6 +349,7 @@ def setup_console(app: web.Application) -> None:
     )
     app[FIGURES] = FigureCache()
     app[STORAGE] = StorageOpener(app[SETTINGS].s3_endpoint_url)
+    app.middlewares.append(html_errors)
     router = app.router
     router.add_get(PREFIX, index, name="console_index")
     router.add_get(f"{PREFIX}/", index, name="console_index_slash")
