@@ -14,7 +14,15 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
-from .models import QUANTITY, CamelModel, JobResource, ProjectResource, Toleration, WorkerDefaults
+from .models import (
+    API_VERSION,
+    QUANTITY,
+    CamelModel,
+    JobResource,
+    ProjectResource,
+    Toleration,
+    WorkerDefaults,
+)
 
 LABEL_PREFIX = "cryokube.io"
 JOB_LABEL = f"{LABEL_PREFIX}/job"
@@ -142,6 +150,28 @@ def child_labels(job: JobResource) -> dict[str, str]:
     if job.spec.queue:
         labels[KUEUE_QUEUE_LABEL] = job.spec.queue
     return labels
+
+
+def with_project_owner(
+    owners: list[dict[str, Any]], project: ProjectResource
+) -> list[dict[str, Any]] | None:
+    """A Job's ``ownerReferences`` with its Project added; ``None`` when nothing is to add.
+
+    The reference is not a controller one (the Project does not reconcile its Jobs) and does
+    not block the Project's deletion: it only lets the garbage collector delete a Project's Jobs
+    with it, and through their own references their batch Jobs and pods (Kubernetes "Garbage
+    Collection", owners and dependents). ``None`` too when the Project has no uid yet.
+    """
+    uid = project.metadata.uid
+    if not uid or any(owner.get("uid") == uid for owner in owners):
+        return None
+    reference = {
+        "apiVersion": API_VERSION,
+        "kind": "Project",
+        "name": project.metadata.name,
+        "uid": uid,
+    }
+    return [*owners, reference]
 
 
 def build_token_secret(job: JobResource, token: str) -> dict[str, Any]:

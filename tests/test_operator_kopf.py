@@ -17,6 +17,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+import kmock
 import kubernetes
 import pytest
 
@@ -81,6 +82,12 @@ class Cluster:
             {"spec": spec},
         )
 
+    async def project(self, name: str = "apoferritin") -> dict[str, Any]:
+        body: dict[str, Any] = await asyncio.to_thread(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, NS, "projects", name
+        )
+        return body
+
     async def job(self, name: str) -> dict[str, Any]:
         body: dict[str, Any] = await asyncio.to_thread(
             self.custom.get_namespaced_custom_object, GROUP, VERSION, NS, "jobs", name
@@ -104,6 +111,31 @@ class Cluster:
             for version in obj.history
             if version is not None and "status" not in version and "spec" in version
         )
+
+    def events(self) -> list[tuple[str, str, str]]:
+        """``(involved object's name, type, reason)`` of every Event the operator POSTed.
+
+        Read from kmock's request log, not its store: kopf names Events with ``generateName``,
+        which the emulator does not expand, so it stores only the first Event of a namespace
+        and answers the others 409 (docs/operator.md, Known limits).
+        """
+        return [
+            (r.data["involvedObject"]["name"], r.data["type"], r.data["reason"])
+            for r in list(self.emulator)
+            if r.action == kmock.action.CREATE
+            and r.resource is not None
+            and r.resource.plural == "events"
+        ]
+
+    async def wait_event(self, name: str, kind: str, reason: str) -> None:
+        """Wait until the operator has posted a ``kind`` Event with ``reason`` about ``name``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while (name, kind, reason) not in self.events():
+            if loop.time() > deadline:
+                about = [e for e in self.events() if e[0] == name]
+                pytest.fail(f"no {kind} {reason} Event about {name}; posted: {about}")
+            await asyncio.sleep(0.05)
 
     async def set_child_status(self, name: str, status: dict[str, Any]) -> None:
         await asyncio.to_thread(
@@ -209,6 +241,7 @@ async def test_job_becomes_child_and_status_follows_it(cluster: Cluster) -> None
     await cluster.apply_project(gpuQuota=4)
     await cluster.apply_job("motion", "motion_correction", params={"res_max_align": 5})
     await cluster.wait_children(lambda c: "motion-run" in c, "child motion-run created")
+    await cluster.wait_event("motion", "Normal", "Created")
     child = cluster.children()["motion-run"]
     assert child["metadata"]["ownerReferences"][0]["name"] == "motion"
     assert child["spec"]["template"]["spec"]["containers"][0]["command"] == [
@@ -270,6 +303,7 @@ async def test_dependencies_gate_and_input_failure_propagates(cluster: Cluster) 
     )
     await cluster.apply_job("pick", "blob_picker", inputs=[{"job": "ctf", "output": "micrographs"}])
     await cluster.wait_job("ctf", reason_is("WaitingForInputs"), "WaitingForInputs")
+    await cluster.wait_event("ctf", "Normal", "WaitingForInputs")
     await cluster.wait_children(lambda c: "motion-run" in c, "motion child")
     assert "ctf-run" not in cluster.children()
 
@@ -284,6 +318,11 @@ async def test_dependencies_gate_and_input_failure_propagates(cluster: Cluster) 
     body = await cluster.wait_job("pick", reason_is("InputFailed"), "InputFailed")
     assert body["status"]["phase"] == "Failed"
     assert "pick-run" not in cluster.children()
+    await cluster.wait_event("ctf", "Warning", "PodFailurePolicy")
+    await cluster.wait_event("pick", "Warning", "InputFailed")
+    # One Event per reason change, not one per pass (the timer keeps passing over "pick").
+    await asyncio.sleep(0.5)
+    assert cluster.events().count(("pick", "Warning", "InputFailed")) == 1
 
 
 async def test_gpu_quota_holds_jobs_back_until_gpus_free(cluster: Cluster) -> None:
@@ -294,6 +333,7 @@ async def test_gpu_quota_holds_jobs_back_until_gpus_free(cluster: Cluster) -> No
     waiting = [n for n in ("m1", "m2", "m3") if f"{n}-run" not in cluster.children()]
     assert len(waiting) == 1
     await cluster.wait_job(waiting[0], reason_is("QuotaExceeded"), "QuotaExceeded")
+    await cluster.wait_event(waiting[0], "Normal", "QuotaExceeded")
     await asyncio.sleep(0.5)
     assert len(cluster.children()) == 2
 
@@ -302,6 +342,27 @@ async def test_gpu_quota_holds_jobs_back_until_gpus_free(cluster: Cluster) -> No
         running, {"conditions": [{"type": "Complete", "status": "True"}]}
     )
     await cluster.wait_children(lambda c: f"{waiting[0]}-run" in c, "third child after GPUs free")
+
+
+async def test_project_owns_its_jobs_once_it_exists(cluster: Cluster) -> None:
+    # The Job arrives first: it waits for its Project and cannot be owned by it yet.
+    await cluster.apply_job("early", "motion_correction")
+    await cluster.wait_job("early", reason_is("ProjectNotFound"), "ProjectNotFound")
+    assert "ownerReferences" not in (await cluster.job("early"))["metadata"]
+    await cluster.apply_project()
+    await cluster.apply_job("late", "motion_correction")
+    uid = (await cluster.project())["metadata"]["uid"]
+    expected = [
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Project", "name": "apoferritin", "uid": uid}
+    ]
+    for name in ("early", "late"):
+        body = await cluster.wait_job(
+            name, lambda b: bool(b["metadata"].get("ownerReferences")), "owned by the Project"
+        )
+        assert body["metadata"]["ownerReferences"] == expected
+    await cluster.wait_children(lambda c: {"early-run", "late-run"} <= set(c), "children")
+    await asyncio.sleep(0.5)  # several timer passes add no second reference
+    assert (await cluster.job("late"))["metadata"]["ownerReferences"] == expected
 
 
 async def test_cancel_deletes_the_child(cluster: Cluster) -> None:

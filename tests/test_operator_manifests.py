@@ -24,8 +24,15 @@ from cryokube.operator.manifests import (
     build_token_secret,
     child_name,
     user_metadata,
+    with_project_owner,
 )
-from cryokube.operator.models import JobResource, ProjectResource, parse_job, parse_project
+from cryokube.operator.models import (
+    API_VERSION,
+    JobResource,
+    ProjectResource,
+    parse_job,
+    parse_project,
+)
 
 DATA = Path(__file__).parent / "data" / "operator"
 CASES = sorted(p.stem for p in (DATA / "input").glob("*.yaml"))
@@ -188,3 +195,22 @@ def test_bad_worker_defaults_name_the_file_and_key(tmp_path: Path, text: str, na
         load_worker_defaults(path)
     assert str(path) in str(caught.value)
     assert named in str(caught.value)
+
+
+def with_uid(project: ProjectResource, uid: str) -> ProjectResource:
+    return project.model_copy(update={"metadata": project.metadata.model_copy(update={"uid": uid})})
+
+
+def test_project_owner_is_added_once_beside_other_owners() -> None:
+    project = with_uid(load_case("pvc_sharded_gpu")[0], "p-uid")
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c-uid"}
+    owners = with_project_owner([other], project)
+    reference = {
+        "apiVersion": API_VERSION,
+        "kind": "Project",
+        "name": "apoferritin",
+        "uid": "p-uid",
+    }
+    assert owners == [other, reference]  # no controller flag: the Project does not reconcile Jobs
+    assert with_project_owner(owners, project) is None  # idempotent: nothing to patch
+    assert with_project_owner([], with_uid(project, "")) is None  # not created yet: no reference

@@ -17,7 +17,13 @@ import kopf
 
 from .. import metrics, reasons
 from ..conditions import get_condition
-from ..manifests import JOB_LABEL, build_child_job, build_token_secret, child_name
+from ..manifests import (
+    JOB_LABEL,
+    build_child_job,
+    build_token_secret,
+    child_name,
+    with_project_owner,
+)
 from ..metadata.client import MetadataUnavailable
 from ..models import GROUP, VERSION, InvalidSpecError, JobResource, ProjectResource, parse_job
 from ..status import TERMINAL_PHASES, Peer, Plan, invalid_plan, peer_of, plan_job
@@ -50,10 +56,26 @@ def child_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_:
     return {(namespace, labels[JOB_LABEL]): {"status": copy.deepcopy(dict(body.status))}}
 
 
+def _project(
+    indexes: dict[str, kopf.Index[Any, Any]], namespace: str, name: str
+) -> ProjectResource | None:
+    """The Project named ``name`` in ``namespace``, from the index; ``None`` if not (yet) seen."""
+    bodies = list(indexes["projects"].get((namespace, name), []))
+    return ProjectResource.model_validate(bodies[0]) if bodies else None
+
+
 async def reconcile_job(
-    body: Any, *, memo: kopf.Memo, indexes: dict[str, kopf.Index[Any, Any]]
+    body: Any,
+    *,
+    memo: kopf.Memo,
+    indexes: dict[str, kopf.Index[Any, Any]],
+    patch: kopf.Patch | None = None,
 ) -> Plan:
-    """Plan from the indexes and apply the plan's write; return the plan (status not written)."""
+    """Plan from the indexes and apply the plan's write; return the plan (status not written).
+
+    With ``patch`` (the Job's own handlers), the Job's Project also becomes one of its owners,
+    in the same PATCH as the status.
+    """
     now = dt.datetime.now(dt.UTC)
     try:
         job = parse_job(body)
@@ -66,8 +88,13 @@ async def reconcile_job(
     for (other_ns, other), gpus in memo.reserved.items():  # creates the index has not seen yet
         if other_ns == ns and other in peers and other != name:
             peers[other] = dataclasses.replace(peers[other], holds_gpus=gpus > 0)
-    project_bodies = list(indexes["projects"].get((ns, job.spec.project), []))
-    project = ProjectResource.model_validate(project_bodies[0]) if project_bodies else None
+    project = _project(indexes, ns, job.spec.project)
+    if patch is not None and project is not None:
+        owners = with_project_owner(
+            list(body.get("metadata", {}).get("ownerReferences", [])), project
+        )
+        if owners is not None:
+            patch.metadata["ownerReferences"] = owners
     children = list(indexes["child_jobs"].get(key, []))
     pods = list(indexes["child_pods"].get(key, []))
     progress = await memo.metadata.progress_percent(job) if children else None
@@ -143,7 +170,7 @@ def _post_event(body: Any, plan: Plan, memo: kopf.Memo) -> None:
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Reconcile a Job; write its status; an invalid spec is a permanent error."""
     try:
-        plan = await reconcile_job(body, memo=memo, indexes=kwargs)
+        plan = await reconcile_job(body, memo=memo, indexes=kwargs, patch=patch)
     except MetadataUnavailable as exc:  # the service is down: not an error of the Job
         raise kopf.TemporaryError(str(exc), delay=exc.retry_after_s) from exc
     if plan.changed:
