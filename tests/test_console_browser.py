@@ -133,8 +133,10 @@ async def test_console_in_chromium(site: tuple[Any, Any], browser: Any, tmp_path
     await _run(browser.save_screenshot, str(shots / "live-log.png"))
     assert await _run(console_errors, browser) == []
 
-    # A foreign project is not visible: 404, and nothing of it on the projects page.
+    # A foreign project is not visible: a 404 page (HTML for a browser), and nothing of it on
+    # the projects page.
     await _run(browser.get, str(url("/console/projects/secret")))
-    assert "NotFound" in await _run(lambda: browser.find_element(By.TAG_NAME, "body").text)
+    heading = await _run(browser.find_element, By.ID, "error")
+    assert await _run(heading.get_attribute, "data-status") == "404"
     await _run(browser.save_screenshot, str(shots / "foreign-project.png"))
     assert len(list(shots.glob("*.png"))) >= 11
