@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from ._checkpoint import Checkpoint
 from ._items import publish_mrc
 from ._particles import NYQUIST_PX, load_images, particle_ctf, pixel_size_of, shift_from_offset
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
@@ -47,11 +48,11 @@ def run(ctx: JobContext) -> None:
     Online-EM mini-batches hold ``batch_size_per_class * num_classes`` particles; at least
     one full pass ends the run (``num_final_full_iters=0`` runs one). Each particle takes its
     best pose within a class (``force_max_over_poses`` is always on, and the initial class
-    uncertainty is the algorithm's own: ``uncertainty_factor`` is not used). The algorithm
-    runs to the end in one call (no per-iteration hook), so a retried pod starts the
-    classification again; it is deterministic for a given seed, so the result is the same.
+    uncertainty is the algorithm's own: ``uncertainty_factor`` is not used). The iteration
+    state is checkpointed (:mod:`._checkpoint`), so a retried pod resumes where its predecessor
+    stopped and writes the same outputs as an uninterrupted run.
     """
-    from cryokube.processing.algorithms.class2d import classify_2d
+    from cryokube.processing.algorithms.class2d import Class2DState, classify_2d
     from cryokube.processing.backend import to_device, to_host
     from cryokube.processing.datasets import Dataset
 
@@ -72,7 +73,13 @@ def run(ctx: JobContext) -> None:
             f"params.circular_mask_diameter_A: {p.circular_mask_diameter_A} A exceeds the "
             f"{box * pixel_size_A:.4g} A box"
         )
-    ctx.progress(0.1, f"classifying {len(particles)} particles into {p.num_classes} classes")
+    n_full_iterations = max(p.num_final_full_iters, 1)
+    checkpoint = Checkpoint(
+        ctx, Class2DState, n_iterations=p.num_online_em_iters + n_full_iterations
+    )
+    resume = checkpoint.start(
+        f"classifying {len(particles)} particles into {p.num_classes} classes"
+    )
     result = classify_2d(
         to_device(images, ctx.device),
         n_classes=p.num_classes,
@@ -86,7 +93,9 @@ def run(ctx: JobContext) -> None:
         ),
         n_online_iterations=p.num_online_em_iters,
         online_batch_size=p.batch_size_per_class * p.num_classes,
-        n_full_iterations=max(p.num_final_full_iters, 1),
+        n_full_iterations=n_full_iterations,
+        resume=resume,
+        on_iteration=checkpoint.after,
     )
     ctx.progress(0.9, "writing class averages")
     k = p.num_classes
@@ -137,6 +146,7 @@ def run(ctx: JobContext) -> None:
         n_items=len(classified),
         summary={"particles": len(classified), "classes": k},
     )
+    checkpoint.remove()
     ctx.log(f"{len(particles)} particles in {k} classes of sizes {result.class_sizes.tolist()}")
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from ._checkpoint import Checkpoint
 from ._items import publish_array
 from ._particles import (
     load_images,
@@ -98,9 +99,9 @@ def run(ctx: JobContext) -> None:
     The mask of the final FSC is the input mask for ``refine_mask="static"``, none for
     ``"null"``, and for ``"dynamic"`` the refinement's own soft sphere of 0.4 of the box
     (a map-derived mask is not implemented). The published map is the average of the half
-    maps weighted by ``sqrt(2 FSC / (1 + FSC))`` per shell, without a B-factor. The search runs
-    in one call (no per-iteration hook), so a retried pod starts it again; it is deterministic
-    for a given seed.
+    maps weighted by ``sqrt(2 FSC / (1 + FSC))`` per shell, without a B-factor. The iteration
+    state is checkpointed (:mod:`._checkpoint`), so a retried pod resumes where its predecessor
+    stopped and writes the same outputs as an uninterrupted run.
     """
     from cryokube.processing.algorithms.fsc import (
         masked_fsc,
@@ -108,7 +109,7 @@ def run(ctx: JobContext) -> None:
         sharpen,
         soft_spherical_mask,
     )
-    from cryokube.processing.algorithms.refine import refine_3d
+    from cryokube.processing.algorithms.refine import RefinementState, refine_3d
     from cryokube.processing.algorithms.symmetry import symmetry_group
     from cryokube.processing.backend import to_device, to_host
     from cryokube.processing.geometry import matrix_to_axis_angle
@@ -139,7 +140,8 @@ def run(ctx: JobContext) -> None:
     if mask is not None and mask.shape != reference.shape:
         raise JobInputError(f"inputs.mask: shape {mask.shape} differs from the map's")
     n_iterations = BASE_ITERATIONS + p.refine_num_final_iterations
-    ctx.progress(0.1, f"refining {len(particles)} particles over {n_iterations} iterations")
+    checkpoint = Checkpoint(ctx, RefinementState, n_iterations=n_iterations)
+    resume = checkpoint.start(f"refining {len(particles)} particles over {n_iterations} iterations")
     result = refine_3d(
         to_device(images, ctx.device),
         to_device(reference, ctx.device),
@@ -149,6 +151,8 @@ def run(ctx: JobContext) -> None:
         n_iterations=n_iterations,
         initial_resolution_A=p.refine_res_init_A,
         mask_radius_px=MASK_RADIUS * box,
+        resume=resume,
+        on_iteration=checkpoint.after,
     )
     ctx.progress(0.9, "writing maps, FSC and poses")
     half_a, half_b = result.half_maps
@@ -219,6 +223,7 @@ def run(ctx: JobContext) -> None:
         n_items=n,
         summary={"particles": n},
     )
+    checkpoint.remove()
     ctx.log(
         f"gold-standard resolution {resolution_A:.2f} A (FSC {p.fsc_threshold}, {p.refine_mask} mask)"
     )

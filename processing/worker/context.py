@@ -3,7 +3,8 @@
 A job reads its inputs through :meth:`JobContext.input_files` / :meth:`JobContext.open_input`
 and writes only inside its own folder through :meth:`JobContext.publish`, so a failed job can
 never touch its inputs. Per-item checkpoints (:meth:`is_done` / :meth:`mark_done`) let a retried
-pod skip what its predecessor finished.
+pod skip what its predecessor finished; long iterative jobs checkpoint their iteration state
+(:mod:`cryokube.processing.jobs._checkpoint`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class JobContext:
         ``"cpu"`` or ``"gpu"``: where algorithms should put arrays.
     scratch : Path
         A private local folder, removed after the run.
+    checkpoint_interval_s : float
+        Least time between two iteration checkpoints of a long job (0: after every
+        iteration); a retried pod redoes at most this much work plus one iteration.
     """
 
     job_type: JobType
@@ -86,6 +90,7 @@ class JobContext:
     shard_index: int = 0
     shards: int = 1
     device: str = "cpu"
+    checkpoint_interval_s: float = 60.0
     groups: dict[str, GroupEntry] = field(default_factory=dict)
 
     # -- inputs --------------------------------------------------------------------------
