@@ -233,11 +233,11 @@ CRD_OBSERVATION = {
 
 
 def test_operator_rbac_is_exactly_the_least_privilege_set(docs: list[dict[str, Any]]) -> None:
-    (role,) = objects(docs, "ClusterRole")
+    role = one(docs, "ClusterRole", "-operator")
     rules = granted(role)
     assert not any("*" in item for item in itertools.chain.from_iterable(rules))
     assert rules == EXPECTED_RULES | CRD_OBSERVATION
-    (binding,) = objects(docs, "ClusterRoleBinding")
+    binding = one(docs, "ClusterRoleBinding", "-operator")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": role["metadata"]["name"], "namespace": NAMESPACE}
@@ -255,12 +255,44 @@ def test_watch_namespaces_grant_roles_only_there(repo_root: Path) -> None:
     assert granted(cluster_role) == NAMESPACED_OBSERVATION
     (binding,) = objects(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
-    roles = objects(docs, "Role")
+    roles = [r for r in objects(docs, "Role") if r["metadata"]["name"].endswith("-operator")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["lab-a", "lab-b"]
     assert all(granted(role) == EXPECTED_RULES for role in roles)
     (container,) = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["CRYOKUBE_WATCH_NAMESPACES"] == "lab-a,lab-b"
+
+
+CONSOLE_SUBMITS = {("cryokube.io", "jobs", "create")}
+"""All the metadata service may do in Kubernetes: the console's form creates Job resources."""
+
+
+@pytest.mark.parametrize("namespaces", [None, "{lab-a,lab-b}"])
+def test_metadata_service_may_only_create_jobs(repo_root: Path, namespaces: str | None) -> None:
+    extra = ["--set", f"operator.watchNamespaces={namespaces}"] if namespaces else []
+    docs = render(repo_root, "default", *extra)
+    account = one(docs, "ServiceAccount", "-metadata")["metadata"]["name"]
+    spec = one(docs, "Deployment", "-metadata")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == account
+    assert spec["automountServiceAccountToken"] is True
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["CRYOKUBE_JOB_SUBMITTER"] == "kubernetes"
+    kind = "Role" if namespaces else "ClusterRole"
+    roles = [r for r in objects(docs, kind) if r["metadata"]["name"] == account]
+    bindings = [b for b in objects(docs, f"{kind}Binding") if b["metadata"]["name"] == account]
+    where = [r["metadata"].get("namespace") for r in roles]
+    assert where == (["lab-a", "lab-b"] if namespaces else [None])
+    assert all(granted(role) == CONSOLE_SUBMITS for role in roles)
+    assert [b["metadata"].get("namespace") for b in bindings] == where
+    for binding in bindings:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": kind,
+            "name": account,
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+        ]
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -525,6 +557,26 @@ def test_storage_modes(repo_root: Path) -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["spec"]["storageClassName"] == "nfs-client"
     assert not objects(render(repo_root, "cloud-s3"), "PersistentVolumeClaim")
+
+
+def test_metadata_service_reads_s3_roots_like_the_workers(repo_root: Path) -> None:
+    docs = render(
+        repo_root, "cloud-s3",
+        "--set", "storage.s3.endpointURL=https://s3.lab.example.org",
+        "--set", "storage.s3.credentialsSecret=cryokube-s3",
+    )  # fmt: skip
+    (container,) = one(docs, "Deployment", "-metadata")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL"] == "https://s3.lab.example.org"
+    assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"name": "cryokube-s3", "key": key}
+    egress = one(docs, "NetworkPolicy", "-metadata")["spec"]["egress"]
+    assert [{"protocol": "TCP", "port": 443}] in [rule["ports"] for rule in egress]  # the store
+    (onprem,) = one(render(repo_root, "onprem"), "Deployment", "-metadata")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert not any(e["name"].startswith("AWS_") for e in onprem["env"])
 
 
 def test_chart_crds_are_a_copy_of_the_generated_crds(repo_root: Path) -> None:
