@@ -111,8 +111,10 @@ def _invalid(exc: kubernetes.client.ApiException) -> ValueError:
     try:
         status = json.loads(exc.body or "{}")
     except ValueError:
+        status = None
+    if not isinstance(status, dict):
         status = {}
-    causes = status.get("details", {}).get("causes") or []
+    causes = (status.get("details") or {}).get("causes") or []
     named = [f"{_form_field(c['field'])}: {c.get('message', '')}" for c in causes if c.get("field")]
     return ValueError("; ".join(named) or f"spec: {status.get('message', exc.reason)}")
 
