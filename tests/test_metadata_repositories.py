@@ -78,6 +78,21 @@ async def test_projects_replay_conflict_and_visibility(repos: Repositories) -> N
     assert ([x.name for x in every], total) == (["zeta"], 2)
 
 
+async def test_a_replay_records_the_root_and_namespace_an_older_registration_lacked(
+    repos: Repositories,
+) -> None:
+    older = ProjectCreate(name="ribo", members=["mia"])  # before roots on S3 and namespaces
+    created, _ = await repos.projects.create(older)
+    now = older.model_copy(update={"storage_root": "s3://cryo/ribo", "namespace": "lab-b"})
+    filled, new = await repos.projects.create(now)
+    assert not new
+    assert (filled.storage_root, filled.namespace) == ("s3://cryo/ribo", "lab-b")
+    assert filled.created_at == created.created_at
+    assert await repos.projects.get("ribo") == filled
+    with pytest.raises(Conflict):  # once recorded, a different namespace is another project
+        await repos.projects.create(now.model_copy(update={"namespace": "lab-c"}))
+
+
 async def test_jobs_create_list_and_conditional_update(repos: Repositories) -> None:
     job, new = await repos.jobs.create(_job("a", lane="gpu"))
     assert new

@@ -20,6 +20,10 @@ _FIELDS = {
     "namespace": 1,
 }
 
+_LATER = ("storage_root", "namespace")
+"""Fields that earlier registrations left unset (S3 roots, namespaces): a replay that names them
+records them instead of conflicting, so projects registered before keep working."""
+
 
 def _project(doc: Document) -> Project:
     return Project(
@@ -66,20 +70,26 @@ class ProjectRepository:
         try:
             await self._store.run(lambda: self._col.insert_one(doc))
         except DuplicateKeyError:
-            existing = await self.get(project.name)
-            same = existing is not None and (
-                existing.display_name,
-                existing.members,
-                existing.groups,
-                existing.storage_root,
-                existing.namespace,
-            ) == tuple(
-                doc[k] for k in ("display_name", "members", "groups", "storage_root", "namespace")
-            )
-            if existing is None or not same:
+            existing = await self._backfill(doc)
+            if existing is None or any(
+                getattr(existing, k) != doc[k]
+                for k in ("display_name", "members", "groups", *_LATER)
+            ):
                 raise Conflict(f"project {project.name!r} exists with other settings") from None
             return existing, False
         return _project(doc), True
+
+    async def _backfill(self, doc: Document) -> Project | None:
+        """The stored project, with the :data:`_LATER` fields it lacks taken from ``doc``."""
+        existing = await self.get(doc["_id"])
+        if existing is None:
+            return None
+        fill = {k: doc[k] for k in _LATER if getattr(existing, k) is None and doc[k] is not None}
+        if not fill:
+            return existing
+        unset = {"_id": doc["_id"], **dict.fromkeys(fill)}
+        await self._store.run(lambda: self._col.update_one(unset, {"$set": fill}))
+        return await self.get(doc["_id"])
 
     async def get(self, name: str) -> Project | None:
         """The project called ``name``, or None."""
