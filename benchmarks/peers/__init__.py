@@ -1,4 +1,4 @@
-"""Peer tools for the pre-processing benchmarks, installed into ``benchmarks/.peers/`` on demand.
+"""Peer tools for the benchmarks, installed into ``benchmarks/.peers/`` on demand.
 
 - RELION 3.1.3 from Debian: ``apt-get download`` of ``relion`` and the libraries it needs that
   this machine lacks, unpacked with ``dpkg -x`` into ``.peers/relion`` (no system install);
@@ -212,6 +212,20 @@ def relion_autopick_log(
     )
 
 
+def aspire_target() -> Path | str:
+    """Install ASPIRE from PyPI into ``.peers/aspire``; the folder, or why it failed."""
+    target = PEERS / "aspire"
+    if not (target / "aspire").is_dir():
+        install = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "uv"), "pip", "install", "--python", sys.executable,
+             "--target", str(target), "aspire"],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        if install.returncode != 0:
+            return f"pip install aspire failed: {_tail(install.stderr)}"
+    return target
+
+
 def aspire_ctf(
     folder: Path,
     defoci_A: Sequence[float],
@@ -223,15 +237,9 @@ def aspire_ctf(
 ) -> PeerResult:
     """``aspire.ctf.estimate_ctf`` on every ``mic_{i}.mrc`` of ``folder`` (psd 512, 30-5 A)."""
     name = "ASPIRE estimate_ctf"
-    target = PEERS / "aspire"
-    if not (target / "aspire").is_dir():
-        install = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "uv"), "pip", "install", "--python", sys.executable,
-             "--target", str(target), "aspire"],
-            check=False, capture_output=True, text=True,
-        )  # fmt: skip
-        if install.returncode != 0:
-            return PeerResult(name, notes=f"pip install aspire failed: {_tail(install.stderr)}")
+    target = aspire_target()
+    if isinstance(target, str):
+        return PeerResult(name, notes=target)
     script = (
         "import json, sys\n"
         "from aspire.ctf import estimate_ctf\n"
@@ -252,3 +260,93 @@ def aspire_ctf(
     return PeerResult(
         name, seconds=run.wall_s, accuracy=max(errors), peak_MB=run.peak_rss_MB, notes="ran"
     )
+
+
+def relion_reconstruct(folder: Path, star: str, out: str) -> PeerResult:
+    """``relion_reconstruct --ctf`` of the particles in ``folder/star`` into ``folder/out``.
+
+    RELION 3.1's reconstruct is single-threaded (it has no ``--j``); the wall time includes
+    reading the STAR file and the image stack.
+    """
+    name = "RELION 3.1.3 relion_reconstruct --ctf"
+    root = relion_root()
+    if isinstance(root, str):
+        return PeerResult(name, notes=root)
+    run = run_process(
+        ["relion_reconstruct", "--i", star, "--o", out, "--ctf"],
+        cwd=folder,
+        env=_relion_env(root),
+        timeout_s=3600,
+    )
+    if run.returncode != 0 or not (folder / out).exists():
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
+    return PeerResult(name, seconds=run.wall_s, peak_MB=run.peak_rss_MB, notes="ran")
+
+
+def aspire_mean_estimator(folder: Path, star: str, out: str, *, max_iterations: int) -> PeerResult:
+    """ASPIRE's ``MeanEstimator`` (least squares by conjugate gradient, circulant
+    preconditioner) on ``RelionSource(folder/star)``; the volume saved as ``folder/out`` (.npy).
+
+    ASPIRE reads the poses, offsets and CTFs from the STAR file with its own RELION importer.
+    """
+    name = f"ASPIRE MeanEstimator (RelionSource, maxiter {max_iterations})"
+    target = aspire_target()
+    if isinstance(target, str):
+        return PeerResult(name, notes=target)
+    script = (
+        "import numpy as np\n"
+        "from aspire.reconstruction import MeanEstimator\n"
+        "from aspire.source import RelionSource\n"
+        f"src = RelionSource({str(folder / star)!r}, data_folder={str(folder)!r})\n"
+        f"volume = MeanEstimator(src, batch_size=512, maxiter={max_iterations}).estimate()\n"
+        f"np.save({str(folder / out)!r}, volume.asnumpy()[0])\n"
+    )
+    run = run_process(
+        [sys.executable, "-c", script], env={"PYTHONPATH": str(target)}, timeout_s=3600
+    )
+    if run.returncode != 0 or not (folder / out).exists():
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
+    return PeerResult(name, seconds=run.wall_s, peak_MB=run.peak_rss_MB, notes="ran")
+
+
+def relion_class2d(
+    folder: Path,
+    star: str,
+    *,
+    n_classes: int,
+    iterations: int,
+    psi_step_deg: float,
+    offset_range_px: int,
+    max_resolution_A: float,
+    particle_diameter_A: float,
+) -> tuple[PeerResult, np.ndarray | None]:
+    """``relion_refine`` 2D classification (``--j 2``, no CTF) of ``folder/star``.
+
+    The in-plane and shift samplings are the finest ones after RELION's adaptive oversampling
+    (order 1 halves the given steps). Returns the run and each particle's final class
+    (0-based), or None when it did not run.
+    """
+    name = f"RELION 3.1.3 relion_refine Class2D --j 2 ({iterations} iterations)"
+    root = relion_root()
+    if isinstance(root, str):
+        return PeerResult(name, notes=root), None
+    (folder / "class2d").mkdir(exist_ok=True)
+    run = run_process(
+        [
+            "relion_refine", "--i", star, "--o", "class2d/run", "--K", str(n_classes),
+            "--iter", str(iterations), "--tau2_fudge", "2", "--particle_diameter",
+            str(particle_diameter_A), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
+            "--psi_step", str(2 * psi_step_deg), "--offset_range", str(offset_range_px),
+            "--offset_step", "2", "--strict_highres_exp", str(max_resolution_A), "--norm",
+            "--scale", "--j", "2", "--pool", "30", "--dont_combine_weights_via_disc",
+            "--random_seed", "0",
+        ],
+        cwd=folder,
+        env=_relion_env(root),
+        timeout_s=3600,
+    )  # fmt: skip
+    out = folder / "class2d" / f"run_it{iterations:03d}_data.star"
+    if run.returncode != 0 or not out.exists():
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}"), None
+    classes = np.asarray(_star_table(out, "particles")["rlnClassNumber"], dtype=np.int64) - 1
+    return PeerResult(name, seconds=run.wall_s, peak_MB=run.peak_rss_MB, notes="ran"), classes
