@@ -16,8 +16,8 @@
   local search (27 candidate slices per particle over the whole image, 8 complex64 voxels read
   per sample) at ``memory_bandwidth_GBps``. Accuracy: median angular pose error in degrees.
 
-No peer runs yet: RELION 3.1.3 (apt), ASPIRE's ``MeanEstimator`` and cryoDRGN's
-``backproject_voxel`` are not installed by this script (see the issue).
+The peer tools (RELION 3.1.3, ASPIRE) run in ``bench_reconstruction_peers.py``; its 2D
+classification and refinement use the particles of ``recon_class2d`` and ``recon_refine``.
 """
 
 from __future__ import annotations
@@ -154,12 +154,18 @@ def class2d(machine: dict[str, float]) -> list[Record]:
     ]
 
 
-@benchmark("recon_refine")
-def refine(machine: dict[str, float]) -> list[Record]:
-    n, n_particles, iterations = 48, 400, 3
+def refine_particles(n: int, n_particles: int) -> tuple[np.ndarray, ParticleStack, float]:
+    """Truth volume (n px over 128 A), particles at SNR 0.3 with CTF, and the pixel size (A)."""
     pixel_size_A = 128.0 / n
     volume = phantom_volume(n, pixel_size_A, seed=4).volume
     stack = simulate_particles(volume, pixel_size_A, n_particles, snr=0.3, seed=5)
+    return volume, stack, pixel_size_A
+
+
+@benchmark("recon_refine")
+def refine(machine: dict[str, float]) -> list[Record]:
+    n, n_particles, iterations = 48, 400, 3
+    volume, stack, pixel_size_A = refine_particles(n, n_particles)
     ctf = _ctf(stack, n)
     truth = stack.truth
     t0 = time.perf_counter()
