@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from cryokube.processing.algorithms.fsc import low_pass, soft_spherical_mask
 from cryokube.processing.algorithms.projection import extract_slices, fourier_volume
 from cryokube.processing.algorithms.reconstruction import (
@@ -36,16 +37,38 @@ from cryokube.processing.algorithms.reconstruction import (
     volume_from_accumulator,
 )
 from cryokube.processing.algorithms.refine import (
+    FourierBand,
     fourier_band,
+    local_perturbations,
     pose_scores,
     shell_noise_power,
     so3_grid,
     unshift_phases,
 )
-from cryokube.processing.backend import Array, array_module, as_float, rfft2
+from cryokube.processing.backend import (
+    Array,
+    array_module,
+    as_float,
+    fourier_resample,
+    fourier_shift,
+    irfftn,
+    ndimage_module,
+    rfft2,
+    rfftn,
+    to_host,
+)
 from scipy.spatial.transform import Rotation
 
-__all__ = ["AbInitioResult", "ab_initio", "mirror_volume"]
+__all__ = [
+    "AbInitioResult",
+    "HandComparison",
+    "ab_initio",
+    "compare_hands",
+    "mirror_volume",
+]
+
+_CHUNK = 64
+"""Particles scored at once in the final class assignment."""
 
 
 @dataclass(frozen=True)
@@ -54,15 +77,26 @@ class AbInitioResult:
 
     Attributes
     ----------
-    volume : array of shape (N, N, N)
-        The final volume (hand arbitrary), low-passed to ``final_resolution_A``.
+    volumes : array of shape (K, N, N, N)
+        One volume per class (hand arbitrary), low-passed to ``final_resolution_A``, classes
+        numbered by decreasing size.
+    class_posterior : array of shape (B, K)
+        Each particle's class probability, marginalised over poses and shifts at the final
+        resolution.
+    classes : ndarray of shape (B,), int
+        Each particle's most probable class.
+    class_sizes : ndarray of shape (K,), int
+        Particles assigned to each class (decreasing).
     resolution_schedule_A : list of float
         Resolution used at each iteration (Angstrom).
     log_likelihood : list of float
         Mean marginal log-likelihood per particle of each mini-batch (up to a constant).
     """
 
-    volume: Array
+    volumes: Array
+    class_posterior: Array
+    classes: npt.NDArray[np.int64]
+    class_sizes: npt.NDArray[np.int64]
     resolution_schedule_A: list[float]
     log_likelihood: list[float]
 
@@ -75,11 +109,187 @@ def mirror_volume(volume: Array) -> Array:
     return flipped if n % 2 else xp.roll(flipped, 1, axis=0)
 
 
+@dataclass(frozen=True)
+class HandComparison:
+    """Output of :func:`compare_hands`.
+
+    Attributes
+    ----------
+    mirrored : bool
+        Whether the mirror image of the volume fits the reference better than the volume.
+    correlation, mirror_correlation : float
+        Best normalised cross-correlation with the reference over rotations and translations,
+        of the volume and of its mirror image.
+    rotation : ndarray of shape (3, 3)
+        Rotation in index space ``(z, y, x)``: the aligned map at voxel ``o`` is the better
+        hand's volume at ``rotation @ (o - c) + c - shift_px``, with ``c = N//2``.
+    shift_px : ndarray of shape (3,)
+        Translation ``(dz, dy, dx)`` applied after the rotation (px).
+    aligned : array of shape (N, N, N)
+        The volume in the better hand, rotated and translated onto the reference.
+    """
+
+    mirrored: bool
+    correlation: float
+    mirror_correlation: float
+    rotation: npt.NDArray[np.float64]
+    shift_px: npt.NDArray[np.float64]
+    aligned: Array
+
+
+def _rotate(volume: Array, rotation: npt.NDArray[np.float64], order: int = 1) -> Array:
+    """``volume`` resampled at ``rotation @ (o - c) + c`` for each voxel ``o`` (index space)."""
+    xp = array_module(volume)
+    centre = np.full(3, volume.shape[0] // 2, dtype=np.float64)
+    return ndimage_module(volume).affine_transform(
+        volume,
+        xp.asarray(rotation),
+        offset=xp.asarray(centre - rotation @ centre),
+        order=order,
+        mode="constant",
+    )
+
+
+def _best_fit(
+    volume: Array, reference_spectrum: Array, rotations: npt.NDArray[np.float64]
+) -> tuple[float, int, npt.NDArray[np.float64]]:
+    """Best normalised cross-correlation of rotated ``volume`` with the reference.
+
+    Returns the correlation, the index of the best rotation and its translation (px).
+    """
+    xp = array_module(volume)
+    n = volume.shape[0]
+    ref_norm = float(xp.sqrt(xp.sum(xp.abs(irfftn(reference_spectrum, (n, n, n))) ** 2)))
+    best: tuple[float, int, npt.NDArray[np.float64]] = (-np.inf, 0, np.zeros(3))
+    for i, rotation in enumerate(rotations):
+        spectrum = rfftn(_rotate(volume, rotation))
+        spectrum[0, 0, 0] = 0
+        rotated = irfftn(spectrum, (n, n, n))
+        norm = float(xp.sqrt(xp.sum(rotated * rotated))) * ref_norm
+        cc = irfftn(reference_spectrum * xp.conj(spectrum), (n, n, n))
+        peak = int(xp.argmax(cc))
+        score = float(cc.ravel()[peak]) / max(norm, 1e-30)
+        if score > best[0]:
+            index = np.array(np.unravel_index(peak, cc.shape), dtype=np.float64)
+            best = (score, i, np.where(index > n // 2, index - n, index))
+    return best
+
+
+def compare_hands(
+    volume: Array,
+    reference: Array,
+    *,
+    pixel_size_A: float,
+    resolution_A: float = 20.0,
+    angle_step_deg: float = 20.0,
+    n_local_rounds: int = 4,
+) -> HandComparison:
+    """Decide the hand of ``volume`` by superposing it and its mirror image on ``reference``.
+
+    Both hands are aligned to the reference by a global search over rotations (a grid of
+    about ``angle_step_deg``, :func:`~cryokube.processing.algorithms.refine.so3_grid`) and
+    translations (the peak of the FFT cross-correlation) on copies low-passed and Fourier
+    cropped to ``resolution_A``, then refined locally at full size by ``n_local_rounds`` rounds
+    of 27 small rotations with steps halving from ``angle_step_deg / 2``. Single-particle data
+    cannot tell the hands apart (Punjani et al. 2017 [1]_), so a reference decides.
+
+    Parameters
+    ----------
+    volume, reference : arrays of shape (N, N, N)
+        Maps with the same box and pixel size.
+    pixel_size_A : float
+        Voxel size (A).
+    resolution_A : float, optional
+        Resolution of the global search (A).
+    angle_step_deg : float, optional
+        Spacing of the global rotation grid.
+    n_local_rounds : int, optional
+        Local refinement rounds.
+
+    Returns
+    -------
+    HandComparison
+    """
+    if volume.shape != reference.shape or volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise ValueError(
+            f"volume and reference must be cubes of one shape, got {volume.shape} and "
+            f"{reference.shape}"
+        )
+    n = int(volume.shape[0])
+    small = int(min(n, max(8, 2 * np.ceil(n * pixel_size_A / resolution_A))))
+    grid = so3_grid(angle_step_deg).astype(np.float64)
+    fits = []
+    for candidate in (as_float(volume), mirror_volume(as_float(volume))):
+        coarse = fourier_resample(candidate, (small,) * 3)
+        ref_spectrum = rfftn(fourier_resample(as_float(reference), (small,) * 3))
+        ref_spectrum[0, 0, 0] = 0
+        _, index, _ = _best_fit(coarse, ref_spectrum, grid)
+        rotation = grid[index]
+        ref_spectrum = rfftn(as_float(reference))
+        ref_spectrum[0, 0, 0] = 0
+        step = angle_step_deg / 2
+        for _ in range(n_local_rounds):
+            candidates = local_perturbations(step).astype(np.float64) @ rotation
+            _, index, _ = _best_fit(candidate, ref_spectrum, candidates)
+            rotation = candidates[index]
+            step /= 2
+        score, _, shift = _best_fit(candidate, ref_spectrum, rotation[None])
+        fits.append((score, rotation, shift, candidate))
+    mirrored = fits[1][0] > fits[0][0]
+    _, rotation, shift, candidate = fits[int(mirrored)]
+    spectrum = fourier_shift(rfftn(_rotate(candidate, rotation, order=3)), shift, (n, n, n))
+    return HandComparison(
+        mirrored=bool(mirrored),
+        correlation=float(fits[0][0]),
+        mirror_correlation=float(fits[1][0]),
+        rotation=rotation,
+        shift_px=shift,
+        aligned=irfftn(spectrum, (n, n, n)),
+    )
+
+
+def _class_scores(
+    spectra: Array,
+    transfer: Array,
+    refs: Array,
+    *,
+    inv_sigma2: Array,
+    unshift: Array,
+    log_prior: Array,
+) -> Array:
+    """Log joint probabilities (b, K, T * R) of class, shift and pose (up to a constant).
+
+    ``refs`` (K, R, M) holds each class's slices; index ``s`` of the last axis is shift
+    ``s // R`` and pose ``s % R``.
+    """
+    xp = array_module(spectra)
+    scores = xp.stack(
+        [
+            pose_scores(spectra, transfer, class_refs, inv_sigma2=inv_sigma2, unshift=unshift)
+            for class_refs in refs
+        ],
+        axis=1,
+    )
+    b, k = scores.shape[:2]
+    return scores.reshape(b, k, -1) + log_prior[None, :, None]
+
+
+def _normalise(scores: Array) -> tuple[Array, Array]:
+    """Posterior probabilities over all axes but the first, and each row's log evidence."""
+    xp = array_module(scores)
+    flat = scores.reshape(scores.shape[0], -1)
+    top = flat.max(axis=-1, keepdims=True)
+    prob = xp.exp(flat - top)
+    total = prob.sum(axis=-1, keepdims=True)
+    return (prob / total).reshape(scores.shape), xp.log(total[:, 0]) + top[:, 0]
+
+
 def ab_initio(
     images: Array,
     *,
     pixel_size_A: float,
     ctf: Array | None = None,
+    n_classes: int = 1,
     n_iterations: int = 40,
     batch_size: int = 200,
     initial_resolution_A: float = 35.0,
@@ -88,10 +298,11 @@ def ab_initio(
     max_shift_px: int = 2,
     n_top_poses: int = 5,
     learning_rate: float = 0.5,
+    class_similarity: float = 0.5,
     mask_radius_px: float | None = None,
     seed: int = 0,
 ) -> AbInitioResult:
-    """Build a low-resolution volume from particle images with unknown poses.
+    """Build ``n_classes`` low-resolution volumes from particle images with unknown poses.
 
     Parameters
     ----------
@@ -101,6 +312,8 @@ def ab_initio(
         Pixel size in Angstrom.
     ctf : array of shape (B, N, N//2 + 1), optional
         Per-particle CTF on the ``rfft2`` grid.
+    n_classes : int, optional
+        Number of classes ``K``.
     n_iterations : int, optional
         Mini-batch iterations.
     batch_size : int, optional
@@ -112,13 +325,18 @@ def ab_initio(
     max_shift_px : int, optional
         Shifts searched up to this many px along y and x, in 1 px steps.
     n_top_poses : int, optional
-        Most probable (pose, shift) pairs per particle inserted in the batch's back-projection.
+        Most probable (pose, shift) pairs per particle and class inserted in the class's
+        back-projection.
     learning_rate : float, optional
         Step ``eta`` in (0, 1].
+    class_similarity : float, optional
+        Share ``s`` in [0, 1) of each particle's class responsibility spread evenly over the
+        classes at the first iteration, falling linearly to 0 at half the iterations, so that
+        no class starves before the classes differ (cryoSPARC's annealed class similarity).
     mask_radius_px : float, optional
         Radius of the soft spherical mask; default 0.4 N.
     seed : int, optional
-        Seed of the initial volume and the mini-batches.
+        Seed of the initial volumes and the mini-batches.
 
     Returns
     -------
@@ -142,14 +360,19 @@ def ab_initio(
         )
     if n_iterations < 1 or batch_size < 1 or n_top_poses < 1:
         raise ValueError("n_iterations, batch_size and n_top_poses must be positive")
+    if not 1 <= n_classes <= b:
+        raise ValueError(f"n_classes must be between 1 and the {b} particles, got {n_classes}")
     if not 0 < learning_rate <= 1:
         raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
+    if not 0 <= class_similarity < 1:
+        raise ValueError(f"class_similarity must be in [0, 1), got {class_similarity}")
     xp = array_module(x)
     rng = np.random.default_rng(seed)
     mask = soft_spherical_mask(
         (n, n, n), radius_px=0.4 * n if mask_radius_px is None else mask_radius_px, xp=xp
     )
     grid = xp.asarray(so3_grid(angle_step_deg))
+    r = int(grid.shape[0])
     shift_range = np.arange(-max_shift_px, max_shift_px + 1, dtype=np.float32)
     shift_grid = xp.asarray(
         np.stack(np.meshgrid(shift_range, shift_range, indexing="ij"), -1).reshape(-1, 2)
@@ -162,20 +385,32 @@ def ab_initio(
             return xp.ones((int(sel.size), int(index.size)), dtype=np.float32)
         return xp.asarray(ctf[sel], dtype=np.float32).reshape(int(sel.size), -1)[:, index]
 
-    # random start: a batch back-projected at random poses, low-passed
-    first = xp.asarray(rng.choice(b, size=batch_size, replace=False))
-    acc = new_accumulator(n, xp=xp)
-    random_poses = xp.asarray(
-        Rotation.random(batch_size, random_state=rng).as_matrix().astype(np.float32)
-    )
-    insert_slices(
-        acc, centred_spectra(x[first]), random_poses, ctf=None if ctf is None else ctf[first]
-    )
-    volume = low_pass(
-        volume_from_accumulator(acc) * mask,
-        resolution_A=initial_resolution_A,
-        pixel_size_A=pixel_size_A,
-    )
+    def class_slices(band: FourierBand) -> Array:
+        refs = [
+            extract_slices(fourier_volume(v * mask), grid, max_frequency=band.max_frequency)
+            for v in volumes
+        ]
+        return xp.stack(refs).reshape(n_classes, r, -1)[:, :, band.index]
+
+    # random start: each class from its own batch back-projected at random poses, low-passed
+    volumes = []
+    for _ in range(n_classes):
+        first = xp.asarray(rng.choice(b, size=batch_size, replace=False))
+        acc = new_accumulator(n, xp=xp)
+        random_poses = xp.asarray(
+            Rotation.random(batch_size, random_state=rng).as_matrix().astype(np.float32)
+        )
+        insert_slices(
+            acc, centred_spectra(x[first]), random_poses, ctf=None if ctf is None else ctf[first]
+        )
+        volumes.append(
+            low_pass(
+                volume_from_accumulator(acc) * mask,
+                resolution_A=initial_resolution_A,
+                pixel_size_A=pixel_size_A,
+            )
+        )
+    log_prior = xp.full(n_classes, -np.log(n_classes), dtype=np.float32)
     full_band = fourier_band(n, radius_shells=n // 2, xp=xp)
     spectra0 = rfft2(x[first]).reshape(batch_size, -1)[:, full_band.index]
     sigma2 = shell_noise_power(spectra0.real**2 + spectra0.imag**2, full_band, n_shells)
@@ -189,49 +424,99 @@ def ab_initio(
         schedule.append(resolution_A)
         band = fourier_band(n, radius_shells=n * pixel_size_A / resolution_A, xp=xp)
         inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
-        fvol = fourier_volume(volume * mask)
-        refs = extract_slices(fvol, grid, max_frequency=band.max_frequency)
-        refs = refs.reshape(grid.shape[0], -1)[:, band.index]
+        refs = class_slices(band)
         unshift = unshift_phases(band, shift_grid)
         batch = xp.asarray(rng.choice(b, size=batch_size, replace=False))
         spectra = rfft2(x[batch]).reshape(batch_size, -1)[:, band.index]
         transfer = transfer_of(batch, band.index)
-        scores = pose_scores(spectra, transfer, refs, inv_sigma2=inv_sigma2, unshift=unshift)
-        flat = scores.reshape(batch_size, -1)
-        top = flat.max(axis=-1, keepdims=True)
-        prob = xp.exp(flat - top)
-        total = prob.sum(axis=-1, keepdims=True)
-        log_likelihood.append(float(xp.mean(xp.log(total[:, 0]) + top[:, 0])))
-        prob = prob / total
-        k = min(n_top_poses, prob.shape[-1])
-        best = xp.argsort(prob, axis=-1)[:, ::-1][:, :k]
+        prob, evidence = _normalise(
+            _class_scores(
+                spectra, transfer, refs, inv_sigma2=inv_sigma2, unshift=unshift, log_prior=log_prior
+            )
+        )
+        log_likelihood.append(float(xp.mean(evidence)))
+        posterior = prob.sum(axis=-1)
+        similarity = class_similarity * max(0.0, 1.0 - 2.0 * fraction)
+        responsibility = (1 - similarity) * posterior + similarity / n_classes
         rows = xp.arange(batch_size)[:, None]
-        weights = prob[rows, best]
-        weights = weights / weights.sum(axis=-1, keepdims=True)
-        r = grid.shape[0]
-        pose, shift = best % r, best // r
-        # noise power from the residual at each particle's best pose
-        residual = xp.abs(spectra * unshift[shift[:, 0]] - transfer * refs[pose[:, 0]]) ** 2
+        # noise power from the residual at each particle's best class, shift and pose
+        best = prob.reshape(batch_size, -1).argmax(axis=-1)
+        best_class, best_shift, best_pose = (
+            best // (r * len(shift_grid)),
+            (best // r) % len(shift_grid),
+            best % r,
+        )
+        residual = (
+            xp.abs(spectra * unshift[best_shift] - transfer * refs[best_class, best_pose]) ** 2
+        )
         sigma2 = xp.where(
             xp.arange(n_shells) > 0,
             xp.maximum(shell_noise_power(residual, band, n_shells), 0),
             sigma2,
         )
         sigma2 = xp.where(sigma2 > 0, sigma2, xp.max(sigma2)).astype(np.float32)
-        acc = new_accumulator(n, xp=xp)
-        member = xp.repeat(batch, k)
-        insert_slices(
-            acc,
-            centred_spectra(x[member], shifts_px=shift_grid[shift.ravel()]),
-            grid[pose.ravel()],
-            ctf=None if ctf is None else ctf[member],
-            weights=weights.ravel().astype(np.float32),
-            max_frequency=band.max_frequency,
-        )
-        batch_volume = low_pass(
-            volume_from_accumulator(acc) * mask,
-            resolution_A=resolution_A,
-            pixel_size_A=pixel_size_A,
-        )
-        volume = (1 - learning_rate) * volume + learning_rate * batch_volume
-    return AbInitioResult(volume, schedule, log_likelihood)
+        k = min(n_top_poses, prob.shape[-1])
+        for c in range(n_classes):
+            top = xp.argsort(prob[:, c], axis=-1)[:, ::-1][:, :k]
+            weights = prob[:, c][rows, top]
+            weights = weights / xp.maximum(weights.sum(axis=-1, keepdims=True), 1e-30)
+            weights = weights * responsibility[:, c : c + 1]
+            acc = new_accumulator(n, xp=xp)
+            member = xp.repeat(batch, k)
+            insert_slices(
+                acc,
+                centred_spectra(x[member], shifts_px=shift_grid[(top // r).ravel()]),
+                grid[(top % r).ravel()],
+                ctf=None if ctf is None else ctf[member],
+                weights=weights.ravel().astype(np.float32),
+                max_frequency=band.max_frequency,
+            )
+            batch_volume = low_pass(
+                volume_from_accumulator(acc) * mask,
+                resolution_A=resolution_A,
+                pixel_size_A=pixel_size_A,
+            )
+            volumes[c] = (1 - learning_rate) * volumes[c] + learning_rate * batch_volume
+        log_prior = xp.log(
+            xp.maximum(
+                (1 - learning_rate) * xp.exp(log_prior)
+                + learning_rate * responsibility.mean(axis=0),
+                1e-6,
+            )
+        ).astype(np.float32)
+    stack = xp.stack(volumes)
+    if n_classes == 1:
+        posterior = xp.ones((b, 1), dtype=np.float32)
+    else:
+        band = fourier_band(n, radius_shells=n * pixel_size_A / schedule[-1], xp=xp)
+        inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
+        refs = class_slices(band)
+        unshift = unshift_phases(band, shift_grid)
+        parts = []
+        for start in range(0, b, _CHUNK):
+            sel = xp.arange(start, min(start + _CHUNK, b))
+            spectra = rfft2(x[sel]).reshape(int(sel.size), -1)[:, band.index]
+            prob, _ = _normalise(
+                _class_scores(
+                    spectra,
+                    transfer_of(sel, band.index),
+                    refs,
+                    inv_sigma2=inv_sigma2,
+                    unshift=unshift,
+                    log_prior=log_prior,
+                )
+            )
+            parts.append(prob.sum(axis=-1))
+        posterior = xp.concatenate(parts)
+    classes = np.asarray(to_host(posterior.argmax(axis=-1)), dtype=np.int64)
+    counts = np.bincount(classes, minlength=n_classes)
+    order = np.argsort(-counts, kind="stable")
+    relabel = np.argsort(order)
+    return AbInitioResult(
+        stack[xp.asarray(order)],
+        posterior[:, xp.asarray(order)],
+        relabel[classes],
+        counts[order],
+        schedule,
+        log_likelihood,
+    )

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Self, cast
 import numpy as np
 from pydantic import model_validator
 
-from ._particles import NYQUIST_PX, load_images, particle_ctf, pixel_size_of, publish_volumes
+from ._particles import (
+    NYQUIST_PX,
+    load_images,
+    load_volume,
+    particle_ctf,
+    pixel_size_of,
+    publish_volumes,
+)
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
 if TYPE_CHECKING:
@@ -50,27 +57,33 @@ class Params(JobParams):
 
 
 def run(ctx: JobContext) -> None:
-    """Build one initial map (class 0) from the particles, in C1.
+    """Build ``num_classes`` initial maps from the particles, in C1.
 
     Ab-initio always runs without symmetry (as cryoSPARC recommends); ``symmetry`` is checked
     and recorded for the refinement that follows. Poses are marginalised in every mini-batch
     and not kept, so the particles output carries the class only; refinement searches poses
-    globally. The hand of the map is arbitrary (see
-    :func:`~cryokube.processing.algorithms.abinitio.mirror_volume`). The SGD runs in one call
-    (no per-iteration hook), so a retried pod starts it again with the same seed and result.
+    globally. Classes are numbered by decreasing size; the ``volume`` output holds one map
+    per class in that order, so a refinement fed with it starts from the largest class. The
+    hand of the maps is unknown unless a map of known hand is connected to
+    ``inputs.reference``: each map is then mirrored if its mirror image fits the reference
+    better (:func:`~cryokube.processing.algorithms.abinitio.compare_hands`). The SGD runs in
+    one call (no per-iteration hook), so a retried pod starts it again with the same seed and
+    result.
     """
-    from cryokube.processing.algorithms.abinitio import ab_initio
+    from cryokube.processing.algorithms.abinitio import ab_initio, compare_hands, mirror_volume
     from cryokube.processing.algorithms.symmetry import symmetry_group
     from cryokube.processing.backend import to_device, to_host
 
     p = cast(Params, ctx.params)
-    if p.num_classes != 1:
-        raise JobInputError(f"params.num_classes: only 1 class is implemented, got {p.num_classes}")
     try:
         symmetry_group(p.symmetry)
     except ValueError as error:
         raise JobInputError(f"params.symmetry: {error}") from error
     particles = ctx.load_dataset("particles")
+    if p.num_classes > len(particles):
+        raise JobInputError(
+            f"params.num_classes: {p.num_classes} classes for {len(particles)} particles"
+        )
     pixel_size_A = pixel_size_of(particles, "particles")
     final_res_A = max(p.abinit_max_res_A, NYQUIST_PX * pixel_size_A)
     if final_res_A > p.abinit_init_res_A:
@@ -84,57 +97,105 @@ def run(ctx: JobContext) -> None:
         )
     images = load_images(ctx, particles, "particles")
     box = int(images.shape[-1])
+    reference = None
+    if ctx.input("reference"):
+        reference, reference_psize_A = load_volume(ctx, "reference", "map")
+        if reference.shape != (box, box, box) or not np.isclose(
+            reference_psize_A, pixel_size_A, rtol=1e-3
+        ):
+            raise JobInputError(
+                f"inputs.reference: {reference.shape[0]} px at {reference_psize_A:.4g} A/px does "
+                f"not match the particles' {box} px at {pixel_size_A:.4g} A/px"
+            )
     n_iterations = p.abinit_num_init_iters + p.abinit_num_final_iters
-    ctx.progress(0.1, f"SGD over {n_iterations} mini-batches of {p.abinit_minisize} particles")
+    ctx.progress(
+        0.1,
+        f"SGD of {p.num_classes} class(es) over {n_iterations} mini-batches of "
+        f"{p.abinit_minisize} particles",
+    )
     result = ab_initio(
         to_device(images, ctx.device),
         pixel_size_A=pixel_size_A,
         ctf=particle_ctf(particles, box, pixel_size_A, ctx.device),
+        n_classes=p.num_classes,
         n_iterations=n_iterations,
         batch_size=p.abinit_minisize,
         initial_resolution_A=p.abinit_init_res_A,
         final_resolution_A=final_res_A,
     )
-    ctx.progress(0.95, "writing the initial map")
-    files, dataset = publish_volumes(
-        ctx,
-        {"map": (to_host(result.volume), "volume_class_00.mrc")},
-        "volume_class_00.cs",
-        pixel_size_A=pixel_size_A,
-    )
     resolution_A = float(result.resolution_schedule_A[-1])
+    maps = [to_host(volume) for volume in result.volumes]
+    hand = "unknown: connect a map of known hand to inputs.reference to decide it"
+    if reference is not None:
+        ctx.progress(0.9, "comparing each map and its mirror image with the reference")
+        mirrored = [
+            compare_hands(volume, reference, pixel_size_A=pixel_size_A).mirrored for volume in maps
+        ]
+        maps = [mirror_volume(v) if flip else v for v, flip in zip(maps, mirrored, strict=True)]
+        hand = "as inputs.reference" + (
+            f" (mirrored classes: {[k for k, flip in enumerate(mirrored) if flip]})"
+            if any(mirrored)
+            else ""
+        )
+    ctx.progress(0.95, "writing the initial maps")
+    for k, volume in enumerate(maps):
+        files, dataset = publish_volumes(
+            ctx,
+            {"map": (volume, f"volume_class_{k:02d}.mrc")},
+            f"volume_class_{k:02d}.cs",
+            pixel_size_A=pixel_size_A,
+        )
+        ctx.add_output("volume", dataset=dataset, files=files, n_items=1)
+    class_sizes = [int(size) for size in result.class_sizes]
     ctx.add_output(
         "volume",
-        dataset=dataset,
-        files=files,
-        n_items=1,
         summary={
             "resolution_A": round(resolution_A, 2),
             "box_size_px": box,
             "pixel_size_A": pixel_size_A,
             "symmetry": p.symmetry,
-            "hand": "arbitrary: compare the map and its mirror image with a known feature",
+            "class_sizes": class_sizes,
+            "hand": hand,
         },
     )
-    assigned = particles.with_columns({"alignments3D/class": np.zeros(len(particles), np.uint32)})
+    assigned = particles.with_columns(
+        {
+            "alignments3D/class": np.asarray(result.classes, np.uint32),
+            "alignments3D/class_posterior": np.asarray(
+                to_host(result.class_posterior.max(axis=-1)), np.float32
+            ),
+        }
+    )
     ctx.add_output(
         "particles",
         dataset=ctx.save_dataset(assigned, "particles.cs"),
         n_items=len(assigned),
-        summary={"particles": len(assigned)},
+        summary={"particles": len(assigned), "class_sizes": class_sizes},
     )
-    ctx.log(f"initial map from {len(particles)} particles, low-passed to {resolution_A:.1f} A")
+    ctx.log(
+        f"{p.num_classes} initial map(s) from {len(particles)} particles (class sizes "
+        f"{class_sizes}), low-passed to {resolution_A:.1f} A"
+    )
 
 
 JOB = JobType(
     name="ab_initio",
     title="Ab-Initio Reconstruction",
-    description="Build initial 3D maps from particles by SGD over a coarse-to-fine schedule.",
+    description="Build initial 3D maps of K classes from particles by SGD over a coarse-to-fine "
+    "schedule.",
     params=Params,
-    inputs=(InputSlot("particles", DataKind.PARTICLES, "Selected particles"),),
+    inputs=(
+        InputSlot("particles", DataKind.PARTICLES, "Selected particles"),
+        InputSlot(
+            "reference",
+            DataKind.VOLUME,
+            "Map of known hand: each class map is mirrored if that fits it better",
+            required=False,
+        ),
+    ),
     outputs=(
-        OutputGroup("volume", DataKind.VOLUME, "Initial map (class 0)"),
-        OutputGroup("particles", DataKind.PARTICLES, "Particles with 3D class and pose"),
+        OutputGroup("volume", DataKind.VOLUME, "One initial map per class, largest class first"),
+        OutputGroup("particles", DataKind.PARTICLES, "Particles with their 3D class"),
     ),
     uses_gpu=True,
     run=run,
