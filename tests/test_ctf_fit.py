@@ -16,6 +16,8 @@ from cryokube.processing.io.mrc import read_mrc
 from cryokube.processing.simulate import Phantom, phantom_volume, simulate_micrograph
 
 PIXEL_A = 1.5
+ASTIGMATISM_TOLERANCE_A = 120.0
+"""U - V error allowed on the simulator (A): the largest measured error is 100 A."""
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +58,92 @@ def test_simulated_defocus_within_1_percent_and_angle_within_5_deg(
         micrograph.image, pixel_size_A=PIXEL_A, voltage_kV=300.0, cs_mm=2.7, amp_contrast=0.07
     )
     assert fit.defocus_mean_A == pytest.approx(defocus_A, rel=0.01)
-    assert fit.astigmatism_A == pytest.approx(800.0, abs=200.0)
+    assert fit.astigmatism_A == pytest.approx(800.0, abs=ASTIGMATISM_TOLERANCE_A)
     assert _angle_error_deg(fit.astig_angle_deg, angle_deg) < 5.0
     assert fit.defocus_u_A >= fit.defocus_v_A
     assert fit.fit_resolution_A < 20.0
+
+
+def _anisotropic_noise(shape: tuple[int, int], *, alpha: float, angle_deg: float) -> np.ndarray:
+    """White noise of unit variance whose power goes as ``1 + alpha cos 2(theta - angle)``."""
+    noise = np.random.default_rng(1).standard_normal(shape)
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.rfftfreq(shape[1])[None, :]
+    gain = np.sqrt(1.0 + alpha * np.cos(2.0 * (np.arctan2(ky, kx) - np.radians(angle_deg))))
+    filtered = np.fft.irfft2(np.fft.rfft2(noise) * gain, s=shape)
+    return filtered / filtered.std()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("defocus_A", [10000.0, 20000.0])
+def test_zero_astigmatism_stays_under_150_A_with_an_anisotropic_background(
+    phantom: Phantom, defocus_A: float, alpha: float
+) -> None:
+    """No astigmatism, with extra noise (as much as the image) whose power has a +-alpha
+    cos 2theta term: real spectra have such backgrounds (1-2% on the eBIC Krios micrograph).
+
+    Measured: 26-66 A without and 77-103 A with the anisotropic noise; a radially symmetric
+    background (the fit before the angular background terms) reported 650-760 A at alpha 0.3.
+    """
+    micrograph = simulate_micrograph(
+        phantom.volume,
+        PIXEL_A,
+        shape=(1536, 1536),
+        n_particles=150,
+        carbon_fraction=0.0,
+        snr=1.0,
+        defocus_u_A=defocus_A,
+        defocus_v_A=defocus_A,
+        astig_angle_deg=0.0,
+        seed=3,
+    )
+    image = micrograph.image
+    if alpha:
+        noise = _anisotropic_noise(image.shape, alpha=alpha, angle_deg=40.0)
+        image = image + (float(image.std()) * noise).astype(np.float32)
+    fit = estimate_ctf(image, pixel_size_A=PIXEL_A, voltage_kV=300.0, cs_mm=2.7, amp_contrast=0.07)
+    assert fit.defocus_mean_A == pytest.approx(defocus_A, rel=0.01)
+    assert fit.astigmatism_A < 150.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("defocus_A", "astigmatism_A", "angle_deg"),
+    [
+        (10000.0, 300.0, -20.0),
+        (10000.0, 800.0, 45.0),
+        (25000.0, 300.0, 80.0),
+        (25000.0, 800.0, -70.0),
+    ],
+)
+def test_simulated_astigmatism_300_and_800_A_at_several_angles(
+    phantom: Phantom, defocus_A: float, astigmatism_A: float, angle_deg: float
+) -> None:
+    """U - V within ``ASTIGMATISM_TOLERANCE_A`` and the angle within 5 deg.
+
+    Over 300 and 800 A at -70, -20, 15, 45 and 80 deg and 1 and 2.5 um, the measured errors
+    are at most 2.5 deg and 100 A (the same before the angular background terms and with a
+    100x tighter optimiser tolerance: the limit is the simulated spectrum, not the search).
+    """
+    micrograph = simulate_micrograph(
+        phantom.volume,
+        PIXEL_A,
+        shape=(1536, 1536),
+        n_particles=150,
+        carbon_fraction=0.0,
+        snr=1.0,
+        defocus_u_A=defocus_A + astigmatism_A / 2,
+        defocus_v_A=defocus_A - astigmatism_A / 2,
+        astig_angle_deg=angle_deg,
+        seed=int(defocus_A) % 7,
+    )
+    fit = estimate_ctf(
+        micrograph.image, pixel_size_A=PIXEL_A, voltage_kV=300.0, cs_mm=2.7, amp_contrast=0.07
+    )
+    assert fit.defocus_mean_A == pytest.approx(defocus_A, rel=0.01)
+    assert fit.astigmatism_A == pytest.approx(astigmatism_A, abs=ASTIGMATISM_TOLERANCE_A)
+    assert _angle_error_deg(fit.astig_angle_deg, angle_deg) < 5.0
 
 
 def _reference_defocus(shared_data: Path) -> dict[str, dict[str, float]]:
@@ -105,12 +189,17 @@ def test_real_power_spectra_match_thon_ring_reference(shared_data: Path, microgr
 
 
 def test_real_micrograph_defocus_within_3_percent(shared_data: Path) -> None:
-    """The eBIC Krios micrograph crop: 1.05 um +- 3%.
+    """The eBIC Krios micrograph crop: 1.05 um +- 3%, astigmatism under 450 A.
 
-    The README also says "astigmatism under about 100 A" from ASPIRE's fit; we find a stable
-    500-630 A at -55 deg with every box size and band (a transposed spectrum moves the angle to
-    -35 deg, so it is in the data), which an energy filter's anisotropic magnification of 2-3%
-    would also produce. The bound here is therefore looser than the README's.
+    The README's "astigmatism under about 100 A" comes from ASPIRE 0.14.3, which cannot see
+    such astigmatism: on simulated micrographs of this size, pixel and defocus with 600 A at
+    -55 deg it reports 217 A (SNR 1) and 9 A (SNR 0.1). Our fit measures 344 A at -61 deg
+    (box 512; 275 A with box 1024; halves of the crop 234-451 A at -29 to -62 deg).
+    Measurements that do not use the fitter give a few hundred A at most: ring radii per
+    15-45 degree sector give 100-350 A (each with about 200 A of noise at this SNR), and the
+    3.7 A ice ring is round within 0.3 +- 0.9% (the 2.9% anisotropic magnification that 600 A
+    would need is 3 sigma off). The fit reported 627 A at -55 deg before its background had
+    angular terms (``docs/benchmarks.md``, CTF).
     """
     path = shared_data / "real" / "mrcfile-testdata" / "fei-extended_center2048.mrc.bz2"
     data, _ = read_mrc(path)
@@ -122,7 +211,7 @@ def test_real_micrograph_defocus_within_3_percent(shared_data: Path) -> None:
         amp_contrast=0.1,
     )
     assert fit.defocus_mean_A == pytest.approx(10500.0, rel=0.03)
-    assert fit.astigmatism_A < 700.0
+    assert fit.astigmatism_A < 450.0
 
 
 def test_patch_mode_finds_a_flat_specimen(phantom: Phantom) -> None:
