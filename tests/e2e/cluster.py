@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 #: Binaries ``scripts/cluster.sh`` and these tests need, all built by ``scripts/tools.sh``.
@@ -241,7 +243,8 @@ class Operator:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the operator; it serves every namespace (ClusterRole binding)."""
+        """Start the operator; it serves every namespace unless ``env`` sets
+        ``CRYOKUBE_WATCH_NAMESPACES``."""
         if self.process is not None:
             raise RuntimeError("the operator is already running")
         env = {
@@ -295,3 +298,34 @@ def service_account_kubeconfig(cluster: Cluster, *, namespace: str, name: str, p
     path.write_text(json.dumps(config))
     path.chmod(0o600)
     return path
+
+
+def chart_operator_kubeconfig(
+    cluster: Cluster, *, release: str, namespace: str, path: Path, values: Iterable[str] = ()
+) -> Path:
+    """Apply the chart's operator ServiceAccount and RBAC and write a kubeconfig for it.
+
+    ``helm template`` renders only those two templates of release ``release`` in ``namespace``
+    (created if missing), with ``--set`` ``values``; the admin applies them.
+    """
+    cluster.namespace(namespace)
+    sets = [arg for value in values for arg in ("--set", value)]
+    rendered = cluster.helm(
+        "template",
+        release,
+        "charts/cryokube",
+        "--namespace",
+        namespace,
+        *sets,
+        "--show-only",
+        "templates/operator-serviceaccount.yaml",
+        "--show-only",
+        "templates/operator-rbac.yaml",
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", stdin=rendered)  # objects name their namespaces
+    (account,) = [
+        doc["metadata"]["name"]
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "ServiceAccount"
+    ]
+    return service_account_kubeconfig(cluster, namespace=namespace, name=account, path=path)

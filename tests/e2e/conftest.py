@@ -12,16 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from e2e.cluster import (
     CPU_NODES,
     GPU_NODES,
     REPO_ROOT,
     Cluster,
     Operator,
+    chart_operator_kubeconfig,
     fake_node,
     missing_tools,
 )
-from e2e.cluster import service_account_kubeconfig as sa_kubeconfig
 
 #: Namespace and release name the chart's operator RBAC is rendered with.
 OPERATOR_NAMESPACE = "cryokube-e2e"
@@ -55,25 +56,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The chart's operator ServiceAccount and RBAC (``helm template``), and a token for it."""
-    cluster.namespace(OPERATOR_NAMESPACE)
-    rendered = cluster.helm(
-        "template",
-        OPERATOR_RELEASE,
-        "charts/cryokube",
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--show-only",
-        "templates/operator-serviceaccount.yaml",
-        "--show-only",
-        "templates/operator-rbac.yaml",
-    ).stdout
-    cluster.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", stdin=rendered)
-    accounts = cluster.get("serviceaccounts", namespace=OPERATOR_NAMESPACE)
-    (account,) = [a for a in accounts if a["metadata"]["name"] != "default"]
-    return sa_kubeconfig(
+    return chart_operator_kubeconfig(
         cluster,
+        release=OPERATOR_RELEASE,
         namespace=OPERATOR_NAMESPACE,
-        name=account["metadata"]["name"],
         path=tmp_path_factory.mktemp("operator") / "kubeconfig",
     )
 
@@ -82,14 +68,27 @@ def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFacto
 def operator(
     cluster: Cluster, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    """The operator as a subprocess with only its ServiceAccount's rights.
+    """The operator as a subprocess with only its ServiceAccount's rights and the chart's
+    worker defaults (the rendered ConfigMap's file, as the chart mounts it).
 
     Tests that stop it (restart) start it again before they return.
     """
+    folder = tmp_path_factory.mktemp("operator-log")
+    rendered = cluster.helm(
+        "template",
+        OPERATOR_RELEASE,
+        "charts/cryokube",
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--show-only",
+        "templates/worker-defaults-configmap.yaml",
+    ).stdout
+    defaults = folder / "worker-defaults.yaml"
+    defaults.write_text(yaml.safe_load(rendered)["data"]["worker-defaults.yaml"])
     running = Operator(
         kubeconfig=operator_kubeconfig,
-        log_path=tmp_path_factory.mktemp("operator-log") / "operator.log",
-        env={"CRYOKUBE_RECHECK_INTERVAL_S": "2"},
+        log_path=folder / "operator.log",
+        env={"CRYOKUBE_RECHECK_INTERVAL_S": "2", "CRYOKUBE_WORKER_DEFAULTS": str(defaults)},
     )
     running.start()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from e2e.cluster import (
     REPO_ROOT,
     Cluster,
     Operator,
+    chart_operator_kubeconfig,
     fake_node,
     project_volume,
     wait_until,
@@ -127,6 +129,30 @@ def pod_gpus(pod: dict[str, Any]) -> int:
     )
 
 
+def wait_event(cluster: Cluster, namespace: str, name: str, kind: str, reason: str) -> None:
+    """Wait for a ``kind`` Event with ``reason`` about CryoKube Job ``name`` (kubectl get)."""
+
+    def posted() -> bool:
+        return any(
+            e["involvedObject"].get("apiVersion") == API
+            and e["involvedObject"]["kind"] == "Job"
+            and e["involvedObject"]["name"] == name
+            and (e["type"], e["reason"]) == (kind, reason)
+            for e in cluster.get("events", namespace=namespace)
+        )
+
+    wait_until(posted, timeout_s=STEP_TIMEOUT_S, what=f"{kind} {reason} Event about {name}")
+
+
+def refusals(operator: Operator) -> list[str]:
+    """Lines of the operator's log that show the API server refusing it (RBAC)."""
+    return [
+        line
+        for line in operator.log().splitlines()
+        if "Forbidden" in line or " 403" in line or "Not enough permissions" in line
+    ]
+
+
 def release(cluster: Cluster, namespace: str, selector: str = HOLD) -> None:
     """Remove the hold label from pods so kwok completes them."""
     cluster.kubectl("label", "pods", "-n", namespace, "-l", selector, f"{HOLD}-", "--overwrite")
@@ -197,6 +223,9 @@ def test_quota_and_free_gpus_gate_pods(cluster: Cluster, namespace: str) -> None
     assert status is not None
     reasons = [c.get("reason") for c in status["status"].get("conditions", [])]
     assert "QuotaExceeded" in reasons
+    wait_event(cluster, namespace, waiting[0], "Normal", "QuotaExceeded")
+    for started in {"j0", "j1", "j2"} - {waiting[0]}:
+        wait_event(cluster, namespace, started, "Normal", "Created")
     release(cluster, namespace)
     for n in {"j0", "j1", "j2"} - {waiting[0]}:
         wait_phase(cluster, namespace, n, "Succeeded", STEP_TIMEOUT_S)
@@ -261,6 +290,7 @@ def test_failing_pod_fails_the_job(cluster: Cluster, namespace: str) -> None:
     assert "PodFailurePolicy" in reasons
     (child,) = children(cluster, namespace, "bad")
     assert child["status"].get("failed") == 1
+    wait_event(cluster, namespace, "bad", "Warning", "PodFailurePolicy")
 
 
 def test_deleting_a_job_collects_its_children(cluster: Cluster, namespace: str) -> None:
@@ -285,6 +315,38 @@ def test_deleting_a_job_collects_its_children(cluster: Cluster, namespace: str) 
         ),
         timeout_s=STEP_TIMEOUT_S,
         what="children, pods and token Secret collected",
+    )
+
+
+def test_deleting_a_project_collects_its_jobs(cluster: Cluster, namespace: str) -> None:
+    cluster.apply([project(namespace, gpu_quota=4)])
+    cluster.apply([job(namespace, name, labels={HOLD: "true"}) for name in ("one", "two")])
+    wait_until(
+        lambda: len(running_pods(cluster, namespace)) == 2 or None,
+        timeout_s=STEP_TIMEOUT_S,
+        what="two pods",
+    )
+    owner = cluster.get_one("projects.cryokube.io", "apoferritin", namespace=namespace)
+    assert owner is not None
+    for name in ("one", "two"):
+        body = cluster.get_one("jobs.cryokube.io", name, namespace=namespace)
+        assert body is not None
+        (reference,) = body["metadata"]["ownerReferences"]
+        assert (reference["kind"], reference["uid"]) == ("Project", owner["metadata"]["uid"])
+    cluster.kubectl("delete", "cproj", "apoferritin", "-n", namespace, "--timeout=60s")
+    wait_until(
+        lambda: (
+            not cluster.get("jobs.cryokube.io", namespace=namespace)
+            and not cluster.get("jobs.batch", namespace=namespace)
+            and not cluster.get("pods", namespace=namespace)
+            and not [
+                s
+                for s in cluster.get("secrets", namespace=namespace)
+                if s["metadata"]["name"].endswith("-token")
+            ]
+        ),
+        timeout_s=STEP_TIMEOUT_S,
+        what="Jobs, batch Jobs, pods and token Secrets collected with the Project",
     )
 
 
@@ -364,6 +426,7 @@ def test_quota_does_not_deadlock_a_pipeline(cluster: Cluster, namespace: str) ->
     # The downstream Job (first by name) is waiting for its input when the upstream one arrives.
     cluster.apply([job(namespace, "a-down", inputs=(("z-up", "micrographs"),))])
     wait_phase(cluster, namespace, "a-down", "Waiting", STEP_TIMEOUT_S)
+    wait_event(cluster, namespace, "a-down", "Normal", "WaitingForInputs")
     cluster.apply([job(namespace, "z-up")])
     wait_phase(cluster, namespace, "a-down", "Succeeded", 30.0)
 
@@ -377,9 +440,60 @@ def test_gpu_toleration_matches_valued_taints(cluster: Cluster, namespace: str) 
     assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
+def test_workers_get_the_chart_defaults(cluster: Cluster, namespace: str) -> None:
+    # The session operator reads the chart's rendered worker defaults; the Project sets only an
+    # image and tolerations, and the Job only its GPUs.
+    values = yaml.safe_load((REPO_ROOT / "charts/cryokube/values.yaml").read_text())["workers"]
+    cluster.apply([project(namespace, gpu_quota=2)])
+    cluster.apply([job(namespace, "defaulted")])
+    wait_phase(cluster, namespace, "defaulted", "Succeeded", STEP_TIMEOUT_S)
+    (child,) = children(cluster, namespace, "defaulted")
+    template = child["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == "ghcr.io/cryokube/worker:0.1.0"  # the Project's own
+    requests = values["resources"]["requests"]
+    assert container["resources"]["requests"]["cpu"] == requests["cpu"]
+    assert container["resources"]["requests"]["memory"] == requests["memory"]
+    assert values["podLabels"].items() <= template["metadata"]["labels"].items()
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {values["ssdCache"]["mountPath"]}
+
+
+def test_namespaced_mode_needs_only_its_rbac(
+    cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
+) -> None:
+    # The chart with operator.watchNamespaces: Roles in `namespace` only, plus the ClusterRole of
+    # kopf's observation. The session's cluster-wide operator stops so that only this one acts.
+    kubeconfig = chart_operator_kubeconfig(
+        cluster,
+        release="e2e-namespaced",
+        namespace="cryokube-e2e-namespaced",
+        path=tmp_path / "kubeconfig",
+        values=[f"operator.watchNamespaces={{{namespace}}}"],
+    )
+    elsewhere = cluster.namespace(f"{namespace}-x")
+    namespaced = Operator(
+        kubeconfig=kubeconfig,
+        log_path=tmp_path / "operator.log",
+        env={"CRYOKUBE_RECHECK_INTERVAL_S": "2", "CRYOKUBE_WATCH_NAMESPACES": namespace},
+    )
+    operator.stop()
+    try:
+        namespaced.start()
+        cluster.apply([project(namespace, gpu_quota=2), project(elsewhere, gpu_quota=2)])
+        cluster.apply([job(namespace, "served"), job(elsewhere, "ignored")])
+        wait_phase(cluster, namespace, "served", "Succeeded", STEP_TIMEOUT_S)
+        wait_event(cluster, namespace, "served", "Normal", "Created")
+        assert phase_of(cluster, elsewhere, "ignored") is None  # not this operator's namespace
+        assert not children(cluster, elsewhere, "ignored")
+    finally:
+        namespaced.stop()
+        # Gone before the cluster-wide operator returns, or it would reconcile "ignored" and
+        # post Events into a terminating namespace (403 NamespaceTerminating).
+        cluster.kubectl("delete", "namespace", elsewhere, "--timeout=60s")
+        operator.start()
+    assert not refusals(namespaced), "\n".join(refusals(namespaced)[:5])
+
+
 def test_chart_rbac_was_enough(operator: Operator) -> None:
     # Runs last in this module: every call above was made with the chart's ServiceAccount.
-    refused = [
-        line for line in operator.log().splitlines() if "Forbidden" in line or " 403" in line
-    ]
-    assert not refused, "\n".join(refused[:5])
+    assert not refusals(operator), "\n".join(refusals(operator)[:5])
