@@ -20,6 +20,15 @@ shifts and CTFs). Every tool reads those files; ours takes the same arrays in me
   (K = 4, 10 deg and 1 px at its finest sampling, ``--strict_highres_exp 8``, the same mask
   diameter, ``--j 2``, ``RELION_CLASS2D_ITERATIONS`` full passes). Accuracy: purity of each
   tool's classes against the known views.
+- ``recon_peers_refine``: gold-standard refinement of the 400 particles of ``recon_refine``
+  (48 px, SNR 0.3, CTF) from the truth volume low-passed to 20 A, with no poses or shifts
+  given: ours (``refine_3d``, 3 iterations: 2 global at 15 deg, 1 local) against
+  ``relion_refine_mpi --auto_refine`` (healpix order 2, i.e. 15 deg, oversampled to 7.5 deg,
+  +-3 px) stopped after ``RELION_REFINE_ITERATIONS`` iterations (default 1, environment
+  variable ``CRYOKUBE_BENCH_RELION_REFINE_ITERATIONS``: one RELION iteration takes minutes on
+  loaded cores and auto-refine runs to convergence). The compared
+  figures are those of the first, global iteration of each: particles/s and the median pose
+  error against the truth; our whole run is in ``extra``.
 
 Peak memory is tracemalloc's peak for our code (numpy buffers included) and ``wait4`` peak RSS
 for a peer process (interpreter and libraries included), so the two are not the same measure.
@@ -29,18 +38,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import peers
 from bench_preprocessing import _timed
-from bench_reconstruction import _ctf, class2d_particles, class_purity
+from bench_reconstruction import _ctf, class2d_particles, class_purity, refine_particles
 from cryokube.processing.algorithms.class2d import classify_2d
 from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold
 from cryokube.processing.algorithms.reconstruction import reconstruct
+from cryokube.processing.algorithms.refine import RefinementState, refine_3d
 from cryokube.processing.datasets.dataset import Dataset
 from cryokube.processing.datasets.star import save_star
+from cryokube.processing.geometry import euler_to_matrix
 from cryokube.processing.io.mrc import read_mrc, write_mrc
 from cryokube.processing.jobs._particles import shift_from_offset
 from cryokube.processing.simulate import ParticleStack, phantom_volume, simulate_particles
@@ -51,6 +63,7 @@ PIXEL_SIZE_A = 2.0
 N_PARTICLES = int(os.environ.get("CRYOKUBE_BENCH_PEER_PARTICLES", "2000"))
 ASPIRE_MAX_ITERATIONS = 50
 RELION_CLASS2D_ITERATIONS = 10
+RELION_REFINE_ITERATIONS = int(os.environ.get("CRYOKUBE_BENCH_RELION_REFINE_ITERATIONS", "1"))
 
 
 def write_relion_particles(
@@ -108,12 +121,13 @@ def _resolutions_A(volume: np.ndarray, truth: np.ndarray) -> tuple[float, float]
     The mirror is ``z -> -z`` about the centre voxel ``N//2``.
     """
     mirrored = np.roll(truth[::-1], 1, axis=0)
-    return _resolution_A(volume, truth), _resolution_A(volume, mirrored)
+    return _resolution_A(volume, truth, PIXEL_SIZE_A), _resolution_A(volume, mirrored, PIXEL_SIZE_A)
 
 
-def _resolution_A(volume: np.ndarray, reference: np.ndarray) -> float:
+def _resolution_A(volume: np.ndarray, reference: np.ndarray, pixel_size_A: float) -> float:
+    """FSC = 0.143 resolution (A) of ``volume`` against ``reference`` (RELION's rule)."""
     return resolution_at_threshold(
-        fsc(volume, reference), box_size_px=volume.shape[0], pixel_size_A=PIXEL_SIZE_A
+        fsc(volume, reference), box_size_px=volume.shape[0], pixel_size_A=pixel_size_A
     )
 
 
@@ -246,6 +260,101 @@ def class2d_peers(_machine: dict[str, float]) -> list[Record]:
             ratio_to_peer=ratio,
             accuracy=purity,
             accuracy_unit="class purity (fraction), 4 views, SNR 0.1",
+            peak_memory_MB=peak_MB,
+            notes=notes,
+            extra=extra,
+        )
+    ]
+
+
+def _median_pose_error_deg(rotations: np.ndarray, truth: np.ndarray) -> float:
+    """Median angle (deg) of the rotations taking the found poses to the true ones."""
+    relative = np.einsum("nij,nkj->nik", rotations.astype(np.float64), truth)
+    cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1, 1)
+    return float(np.median(np.degrees(np.arccos(cos))))
+
+
+@benchmark("recon_peers_refine")
+def refine_peers(_machine: dict[str, float]) -> list[Record]:
+    box, n_particles, iterations = 48, 400, 3
+    volume, stack, pixel_size_A = refine_particles(box, n_particles)
+    truth = stack.truth
+    ctf = _ctf(stack, box)
+    # our iterations' end times and poses (the last one's come with the result)
+    marks: list[tuple[float, np.ndarray]] = []
+
+    def mark(state: RefinementState) -> None:
+        # a copy: refine_3d goes on updating the state's arrays in place
+        marks.append((time.perf_counter(), np.array(state.rotations, copy=True)))
+
+    start = time.perf_counter()
+    result, seconds, peak_MB = _timed(
+        lambda: refine_3d(
+            stack.images,
+            volume,
+            pixel_size_A=pixel_size_A,
+            ctf=ctf,
+            n_iterations=iterations,
+            initial_resolution_A=20.0,
+            global_step_deg=15.0,
+            max_shift_px=3,
+            on_iteration=mark,
+        )
+    )
+    first_s = marks[0][0] - start
+    first_error = _median_pose_error_deg(marks[0][1], truth.rotations)
+    error_deg = _median_pose_error_deg(np.asarray(result.rotations), truth.rotations)
+    ours_A = _resolution_A(np.asarray(result.full_map), volume, pixel_size_A)
+    with tempfile.TemporaryDirectory(prefix="cryokube-bench-") as tmp:
+        folder = Path(tmp)
+        # CTFs only: neither tool is told the poses or the shifts
+        ctf_only = {k: v for k, v in truth_columns(stack).items() if k.startswith("ctf/")}
+        star = write_relion_particles(folder, -stack.images, pixel_size_A, ctf_only)
+        write_mrc(folder / "reference.mrc", volume, pixel_size_A=pixel_size_A)
+        peer, table = peers.relion_autorefine(
+            folder, star, "reference.mrc", iterations=RELION_REFINE_ITERATIONS,
+            initial_resolution_A=20.0, healpix_order=2, offset_range_px=3,
+            particle_diameter_A=0.8 * box * pixel_size_A,
+        )  # fmt: skip
+    extra: dict[str, Any] = {
+        "first_iteration_s": first_s,
+        "first_iteration_median_pose_error_deg": first_error,
+        "particles_per_s_per_iteration_all": n_particles * iterations / seconds,
+        "median_pose_error_deg_all": error_deg,
+        "resolution_A": ours_A,
+        "gold_standard_resolution_A": result.resolution_A,
+        "peer_peak_rss_MB": peer.peak_MB,
+    }
+    ratio = None
+    notes = (
+        f"ours: first (global) iteration {first_s:.1f} s, {iterations} iterations in "
+        f"{seconds:.1f} s, then median pose error {error_deg:.3g} deg, map {ours_A:.3g} A against "
+        f"the truth (gold-standard {result.resolution_A:.3g} A); peer: {peer.notes}"
+    )
+    if peer.seconds is not None and table is not None:
+        ratio = peer.seconds / (RELION_REFINE_ITERATIONS * first_s)
+        angles = np.stack(
+            [np.asarray(table[f"rlnAngle{a}"], dtype=np.float64) for a in ("Rot", "Tilt", "Psi")],
+            axis=1,
+        )
+        peer_error = _median_pose_error_deg(euler_to_matrix(angles), truth.rotations)
+        extra |= {
+            "peer_seconds": peer.seconds,
+            "peer_particles_per_s_per_iteration": n_particles
+            * RELION_REFINE_ITERATIONS
+            / peer.seconds,
+            "peer_median_pose_error_deg": peer_error,
+        }
+        notes += f", {peer.seconds:.1f} s, median pose error {peer_error:.3g} deg"
+    return [
+        Record(
+            f"recon_peers/refine_{box}px/first_iteration",
+            n_particles / first_s,
+            "particles/s per iteration",
+            peer=peer.name,
+            ratio_to_peer=ratio,
+            accuracy=first_error,
+            accuracy_unit="deg, median pose error after the first iteration (SNR 0.3, CTF)",
             peak_memory_MB=peak_MB,
             notes=notes,
             extra=extra,
