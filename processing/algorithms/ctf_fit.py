@@ -210,17 +210,21 @@ def _annulus_partial_r2(p: _Problem, params: tuple[float, float, float, float]) 
         axis=-2,
     )
     rhs = xp.stack([window(column * d) for column in columns], axis=-1)
-    sdd = window(d * d)
-
-    def residual(g: Array, r: Array) -> tuple[Array, Array]:
-        ridge = 1e-9 * xp.trace(g, axis1=-2, axis2=-1)[:, None, None] + 1e-12
-        beta = xp.linalg.solve(g + ridge * xp.eye(g.shape[-1]), r[..., None])[..., 0]
-        return sdd - xp.sum(beta * r, axis=-1), beta
-
-    rss, beta = residual(gram, rhs)
-    rss0, _ = residual(gram[:, :nb, :nb], rhs[:, :nb])
-    amplitude = beta[:, nb] + beta[:, nb + 1] * (p.bin_k2 - p.k2_centre)
-    return xp.sign(amplitude) * xp.clip(1 - rss / xp.maximum(rss0, 1e-30), 0, 1)
+    # Partial regression through the Schur complement of the background block: the rings'
+    # residual sum of squares after the background is projected out.
+    g_bb, g_br, g_rr = gram[:, :nb, :nb], gram[:, :nb, nb:], gram[:, nb:, nb:]
+    ridge = 1e-9 * xp.trace(g_bb, axis1=-2, axis2=-1)[:, None, None] + 1e-12
+    solved = xp.linalg.solve(
+        g_bb + ridge * xp.eye(nb), xp.concatenate([rhs[:, :nb, None], g_br], -1)
+    )
+    rss0 = window(d * d) - xp.sum(rhs[:, :nb] * solved[..., 0], axis=-1)
+    schur = g_rr - xp.swapaxes(g_br, -1, -2) @ solved[..., 1:]
+    ring_rhs = rhs[:, nb:] - xp.sum(g_br * solved[..., :1], axis=-2)
+    ridge = 1e-9 * xp.trace(schur, axis1=-2, axis2=-1)[:, None, None] + 1e-30
+    beta = xp.linalg.solve(schur + ridge * xp.eye(n - nb), ring_rhs[..., None])[..., 0]
+    explained = xp.sum(beta * ring_rhs, axis=-1)
+    amplitude = beta[:, 0] + beta[:, 1] * (p.bin_k2 - p.k2_centre)
+    return xp.sign(amplitude) * xp.clip(explained / xp.maximum(rss0, 1e-30), 0, 1)
 
 
 def _score(p: _Problem, params: tuple[float, float, float, float]) -> float:
