@@ -20,6 +20,7 @@ from typing import Any, Protocol, cast
 import kubernetes
 from aiohttp import web
 
+from ..kubeclient import api_client
 from ..local.store import ResourceStore
 from ..models import API_VERSION, GROUP, VERSION
 
@@ -160,22 +161,9 @@ class KubernetesSubmitter:
             raise
 
 
-def kube_api_client(host: str | None) -> Any:
-    """An API client for ``host``, else the pod's ServiceAccount, else the kubeconfig."""
-    if host:
-        conf = kubernetes.client.Configuration()
-        conf.host = host
-        return kubernetes.client.ApiClient(conf)
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
-
-
 def setup_kubernetes_submitter(app: web.Application, host: str | None) -> None:
     """Submit the form's Job resources through the Kubernetes API; close it at app cleanup."""
-    submitter = KubernetesSubmitter(kube_api_client(host))
+    submitter = KubernetesSubmitter(api_client(host))
     set_job_submitter(app, submitter)
 
     async def close(_app: web.Application) -> None:

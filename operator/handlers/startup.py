@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import kubernetes
 import prometheus_client
 import yaml
 from pydantic import ValidationError
 
+from ..kubeclient import api_client
 from ..manifests import WorkerConfig
 from ..metadata.client import MetadataClient
 from ..models import format_validation_error
@@ -114,18 +114,6 @@ def _metadata_link(config: OperatorConfig) -> MetadataLink:
     return ServiceMetadata(client, token_secret=config.token_secret)
 
 
-def _api_client(config: OperatorConfig) -> Any:
-    if config.kube_host:
-        conf = kubernetes.client.Configuration()
-        conf.host = config.kube_host
-        return kubernetes.client.ApiClient(conf)
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
-
-
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Set kopf's storage, timeouts and posting; put config and clients into ``memo``."""
@@ -143,7 +131,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = 30  # logging.WARNING
     config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
     memo.config = config
-    memo.api = _api_client(config)
+    memo.api = api_client(config.kube_host)
     # Workers report to the URL the defaults name, else to the operator's own.
     memo.worker_config = (
         config.workers
