@@ -301,8 +301,12 @@ def aspire_mean_estimator(folder: Path, star: str, out: str, *, max_iterations: 
         f"volume = MeanEstimator(src, batch_size=512, maxiter={max_iterations}).estimate()\n"
         f"np.save({str(folder / out)!r}, volume.asnumpy()[0])\n"
     )
+    # MeanEstimator writes volume_checkpoint_iter*.npy into its working directory.
     run = run_process(
-        [sys.executable, "-c", script], env={"PYTHONPATH": str(target)}, timeout_s=3600
+        [sys.executable, "-c", script],
+        cwd=folder,
+        env={"PYTHONPATH": str(target)},
+        timeout_s=3600,
     )
     if run.returncode != 0 or not (folder / out).exists():
         return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
