@@ -45,7 +45,8 @@ from cryokube.processing.backend import Array, array_module, fourier_crop, radia
 from cryokube.processing.ctf import ctf_2d, electron_wavelength_A
 
 _K2_BINS = 4096
-"""Number of k^2 bins for the annulus statistics (about 50 per ring at 5 um, 300 kV, 5 A)."""
+"""Number of k^2 bins up to the grid's corner for the annulus statistics (about 50 per ring at
+5 um, 300 kV, 5 A); only those up to the band's edge are used."""
 
 __all__ = ["CtfFit", "PatchCtfFit", "estimate_ctf", "estimate_ctf_patches", "fit_ctf_spectrum"]
 
@@ -129,7 +130,7 @@ class _Problem:
     cos2: Array  # cos 2theta of every grid point, theta = atan2(ky, kx)
     sin2: Array  # sin 2theta of every grid point
     bins: Array  # flat index of each grid point's k^2 bin
-    bin_k2: Array  # k^2 at the centre of each bin (1/A^2)
+    bin_k2: Array  # k^2 at the centre of each bin up to the band's edge (1/A^2)
     bin_width: float  # width of the k^2 bins (1/A^2)
     k2_centre: float  # middle of the band in k^2, subtracted for conditioning (1/A^2)
     band: Array  # bool, inside the resolution band
@@ -150,15 +151,16 @@ def _windows(p: _Problem, defocus_A: float) -> Callable[[Array | None], Array]:
     xp = array_module(p.k2)
     slope = p.wavelength_A * defocus_A - p.cs_A * p.wavelength_A**3 * p.bin_k2
     half_period = 0.5 / xp.maximum(slope, 0.05 * p.wavelength_A * defocus_A)
-    lo = xp.clip(xp.rint((p.bin_k2 - half_period) / p.bin_width), 0, _K2_BINS).astype(np.int64)
-    hi = xp.clip(xp.rint((p.bin_k2 + half_period) / p.bin_width) + 1, 0, _K2_BINS)
+    n_bins = p.bin_k2.shape[0]
+    lo = xp.clip(xp.rint((p.bin_k2 - half_period) / p.bin_width), 0, n_bins).astype(np.int64)
+    hi = xp.clip(xp.rint((p.bin_k2 + half_period) / p.bin_width) + 1, 0, n_bins)
     hi = hi.astype(np.int64)
 
     in_band = p.band.ravel().astype(np.float64)
 
     def window(weights: Array | None) -> Array:
         weights = in_band if weights is None else weights * in_band
-        sums = xp.bincount(p.bins, weights=weights, minlength=_K2_BINS)[:_K2_BINS]
+        sums = xp.bincount(p.bins, weights=weights, minlength=n_bins)[:n_bins]
         prefix = xp.concatenate([xp.zeros(1), xp.cumsum(sums)])
         return prefix[hi] - prefix[lo]
 
@@ -230,7 +232,7 @@ def _annulus_partial_r2(p: _Problem, params: tuple[float, float, float, float]) 
 def _score(p: _Problem, params: tuple[float, float, float, float]) -> float:
     """Mean over the band of :func:`_annulus_partial_r2`."""
     xp = array_module(p.amplitude)
-    return float(xp.mean(_annulus_partial_r2(p, params)[p.bins][p.band.ravel()]))
+    return float(xp.mean(_annulus_partial_r2(p, params)[p.bins[p.band.ravel()]]))
 
 
 def _prepare(
@@ -263,6 +265,10 @@ def _prepare(
     iy = xp.abs(xp.fft.fftfreq(m) * m)[:, None]
     ix = xp.arange(m // 2 + 1)[None, :]
     band &= (iy > 2) & (ix > 2)
+    if not bool(xp.any(band)):
+        raise ValueError(
+            f"resolution_band_A {resolution_band_A} holds no frequency of the spectrum"
+        )
     theta = xp.arctan2(xp.fft.fftfreq(m)[:, None], xp.fft.rfftfreq(m)[None, :])
     return _Problem(
         amplitude=half.astype(np.float32),
@@ -272,7 +278,7 @@ def _prepare(
         cos2=xp.cos(2 * theta).ravel(),
         sin2=xp.sin(2 * theta).ravel(),
         bins=bins,
-        bin_k2=xp.arange(_K2_BINS) * bin_width,
+        bin_k2=xp.arange(int(xp.max(bins[band.ravel()])) + 1) * bin_width,
         bin_width=bin_width,
         k2_centre=0.5 * (1.0 / low_A**2 + 1.0 / high_A**2),
         band=band,
