@@ -155,24 +155,59 @@ def _best_fit(
 ) -> tuple[float, int, npt.NDArray[np.float64]]:
     """Best normalised cross-correlation of rotated ``volume`` with the reference.
 
-    Returns the correlation, the index of the best rotation and its translation (px).
+    The translation is the sub-pixel peak of the cross-correlation, and the correlation is
+    evaluated there, so that rotations are not ranked by how close their translation lies to
+    a whole pixel. Returns the correlation, the index of the best rotation and its
+    translation (px).
     """
     xp = array_module(volume)
     n = volume.shape[0]
-    ref_norm = float(xp.sqrt(xp.sum(xp.abs(irfftn(reference_spectrum, (n, n, n))) ** 2)))
+    shape = (n, n, n)
+    reference = irfftn(reference_spectrum, shape)
+    ref_norm = float(xp.sqrt(xp.sum(reference * reference)))
     best: tuple[float, int, npt.NDArray[np.float64]] = (-np.inf, 0, np.zeros(3))
     for i, rotation in enumerate(rotations):
-        spectrum = rfftn(_rotate(volume, rotation))
+        spectrum = rfftn(_rotate(volume, rotation, order=3))
         spectrum[0, 0, 0] = 0
-        rotated = irfftn(spectrum, (n, n, n))
-        norm = float(xp.sqrt(xp.sum(rotated * rotated))) * ref_norm
-        cc = irfftn(reference_spectrum * xp.conj(spectrum), (n, n, n))
-        peak = int(xp.argmax(cc))
-        score = float(cc.ravel()[peak]) / max(norm, 1e-30)
+        cc = irfftn(reference_spectrum * xp.conj(spectrum), shape)
+        shift = _subpixel_peak(to_host(cc), int(xp.argmax(cc)))
+        moved = irfftn(fourier_shift(spectrum, xp.asarray(shift), shape), shape)
+        norm = float(xp.sqrt(xp.sum(moved * moved))) * ref_norm
+        score = float(xp.sum(moved * reference)) / max(norm, 1e-30)
         if score > best[0]:
-            index = np.array(np.unravel_index(peak, cc.shape), dtype=np.float64)
-            best = (score, i, np.where(index > n // 2, index - n, index))
+            best = (score, i, shift)
     return best
+
+
+def _subpixel_peak(cc: npt.NDArray[np.float32], peak: int) -> npt.NDArray[np.float64]:
+    """Translation (px) at the peak of a circular cross-correlation, by a parabola per axis."""
+    n = cc.shape[0]
+    index = np.array(np.unravel_index(peak, cc.shape))
+    shift = np.where(index > n // 2, index - n, index).astype(np.float64)
+    for axis in range(3):
+        around = [tuple(index + d * np.eye(3, dtype=int)[axis]) for d in (-1, 0, 1)]
+        left, centre, right = (float(cc[tuple(np.mod(a, n))]) for a in around)
+        curvature = left - 2 * centre + right
+        if curvature < 0:
+            shift[axis] += 0.5 * (left - right) / curvature
+    return shift
+
+
+def _refine_locally(
+    volume: Array,
+    reference_spectrum: Array,
+    rotation: npt.NDArray[np.float64],
+    *,
+    step_deg: float,
+    n_rounds: int,
+) -> npt.NDArray[np.float64]:
+    """``rotation`` refined by ``n_rounds`` rounds of 27 small turns, steps halving."""
+    for _ in range(n_rounds):
+        candidates = local_perturbations(step_deg).astype(np.float64) @ rotation
+        _, index, _ = _best_fit(volume, reference_spectrum, candidates)
+        rotation = candidates[index]
+        step_deg /= 2
+    return rotation
 
 
 def compare_hands(
@@ -182,16 +217,19 @@ def compare_hands(
     pixel_size_A: float,
     resolution_A: float = 20.0,
     angle_step_deg: float = 20.0,
-    n_local_rounds: int = 4,
+    n_local_rounds: int = 3,
 ) -> HandComparison:
     """Decide the hand of ``volume`` by superposing it and its mirror image on ``reference``.
 
-    Both hands are aligned to the reference by a global search over rotations (a grid of
-    about ``angle_step_deg``, :func:`~cryokube.processing.algorithms.refine.so3_grid`) and
-    translations (the peak of the FFT cross-correlation) on copies low-passed and Fourier
-    cropped to ``resolution_A``, then refined locally at full size by ``n_local_rounds`` rounds
-    of 27 small rotations with steps halving from ``angle_step_deg / 2``. Single-particle data
-    cannot tell the hands apart (Punjani et al. 2017 [1]_), so a reference decides.
+    Both hands are aligned to the reference on copies low-passed and Fourier cropped to
+    ``resolution_A``: a global search over rotations (a grid of about ``angle_step_deg``,
+    :func:`~cryokube.processing.algorithms.refine.so3_grid`) and translations (the peak of the
+    FFT cross-correlation), then ``n_local_rounds`` rounds of 27 small rotations with steps
+    halving from ``angle_step_deg / 2``. The hand whose best fit correlates better wins; the
+    hand is a low-resolution property, and the crop keeps the noise of an unfiltered map out of
+    the decision. The winner is then refined at full size (``n_local_rounds`` more rounds from
+    the last coarse step). Single-particle data cannot tell the hands apart (Punjani et al.
+    2017 [1]_), so a reference decides.
 
     Parameters
     ----------
@@ -200,11 +238,11 @@ def compare_hands(
     pixel_size_A : float
         Voxel size (A).
     resolution_A : float, optional
-        Resolution of the global search (A).
+        Resolution of the comparison (A).
     angle_step_deg : float, optional
         Spacing of the global rotation grid.
     n_local_rounds : int, optional
-        Local refinement rounds.
+        Local refinement rounds, coarse and then at full size.
 
     Returns
     -------
@@ -218,25 +256,33 @@ def compare_hands(
     n = int(volume.shape[0])
     small = int(min(n, max(8, 2 * np.ceil(n * pixel_size_A / resolution_A))))
     grid = so3_grid(angle_step_deg).astype(np.float64)
+    coarse_reference = rfftn(fourier_resample(as_float(reference), (small,) * 3))
+    coarse_reference[0, 0, 0] = 0
     fits = []
     for candidate in (as_float(volume), mirror_volume(as_float(volume))):
         coarse = fourier_resample(candidate, (small,) * 3)
-        ref_spectrum = rfftn(fourier_resample(as_float(reference), (small,) * 3))
-        ref_spectrum[0, 0, 0] = 0
-        _, index, _ = _best_fit(coarse, ref_spectrum, grid)
-        rotation = grid[index]
-        ref_spectrum = rfftn(as_float(reference))
-        ref_spectrum[0, 0, 0] = 0
-        step = angle_step_deg / 2
-        for _ in range(n_local_rounds):
-            candidates = local_perturbations(step).astype(np.float64) @ rotation
-            _, index, _ = _best_fit(candidate, ref_spectrum, candidates)
-            rotation = candidates[index]
-            step /= 2
-        score, _, shift = _best_fit(candidate, ref_spectrum, rotation[None])
-        fits.append((score, rotation, shift, candidate))
+        _, index, _ = _best_fit(coarse, coarse_reference, grid)
+        rotation = _refine_locally(
+            coarse,
+            coarse_reference,
+            grid[index],
+            step_deg=angle_step_deg / 2,
+            n_rounds=n_local_rounds,
+        )
+        score, _, _ = _best_fit(coarse, coarse_reference, rotation[None])
+        fits.append((score, rotation, candidate))
     mirrored = fits[1][0] > fits[0][0]
-    _, rotation, shift, candidate = fits[int(mirrored)]
+    _, rotation, candidate = fits[int(mirrored)]
+    full_reference = rfftn(as_float(reference))
+    full_reference[0, 0, 0] = 0
+    rotation = _refine_locally(
+        candidate,
+        full_reference,
+        rotation,
+        step_deg=angle_step_deg / 2**n_local_rounds,
+        n_rounds=n_local_rounds,
+    )
+    _, _, shift = _best_fit(candidate, full_reference, rotation[None])
     spectrum = fourier_shift(rfftn(_rotate(candidate, rotation, order=3)), shift, (n, n, n))
     return HandComparison(
         mirrored=bool(mirrored),

@@ -129,7 +129,10 @@ def run(ctx: JobContext) -> None:
     if reference is not None:
         ctx.progress(0.9, "comparing each map and its mirror image with the reference")
         mirrored = [
-            compare_hands(volume, reference, pixel_size_A=pixel_size_A).mirrored for volume in maps
+            compare_hands(
+                volume, reference, pixel_size_A=pixel_size_A, resolution_A=resolution_A
+            ).mirrored
+            for volume in maps
         ]
         maps = [mirror_volume(v) if flip else v for v, flip in zip(maps, mirrored, strict=True)]
         hand = "as inputs.reference" + (
