@@ -11,8 +11,11 @@ Inputs are generated here with known truth:
 
 Rooflines (``ratio_to_limit`` = measured time / roofline time, 1 is the limit):
 
-- motion: LZW decode of the movie at 2 x ``lzw_decode_MBps`` plus one forward real FFT of each
-  full frame at ``fft_GFLOPs_2threads`` (the least any frequency-space aligner must do);
+- motion: the larger of its CPU and memory costs. CPU: LZW decode of the movie at
+  2 x ``lzw_decode_MBps`` plus one forward real FFT of each full frame at
+  ``fft_GFLOPs_2threads`` (the least a dose-weighting aligner must do: the exposure filter
+  weights every frame's full spectrum); both run on the same cores, so their times add.
+  Memory: the decoded frames written once and read once at ``memory_bandwidth_GBps``;
 - CTF: the forward FFTs of the half-overlapping 512-px tiles of the averaged spectrum;
 - picking: one forward FFT of the micrograph.
 
@@ -23,6 +26,7 @@ files; when one cannot be installed or run, the record says why in ``notes``.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import tracemalloc
@@ -103,9 +107,11 @@ def motion(machine: dict[str, float]) -> list[Record]:
         error -= error.mean(axis=0)
         rms_px = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
         n_frames, ny, nx = MOVIE_SHAPE
-        roofline_s = n_bytes / (2 * machine["lzw_decode_MBps"] * 1e6) + n_frames * rfft2_flops(
+        cpu_s = n_bytes / (2 * machine["lzw_decode_MBps"] * 1e6) + n_frames * rfft2_flops(
             ny, nx
         ) / (machine["fft_GFLOPs_2threads"] * 1e9)
+        memory_s = 2 * n_bytes / (machine["memory_bandwidth_GBps"] * 1e9)
+        roofline_s = max(cpu_s, memory_s)
         peer = peers.relion_motioncorr(
             path,
             pixel_size_A=MOVIE_PIXEL_A,
@@ -119,14 +125,21 @@ def motion(machine: dict[str, float]) -> list[Record]:
             seconds,
             "s/movie",
             ratio_to_limit=seconds / roofline_s,
-            limit="2 x lzw_decode_MBps + n_frames rfft2 at fft_GFLOPs_2threads",
+            limit="max(2 x lzw_decode_MBps + n_frames rfft2 at fft_GFLOPs_2threads, "
+            "2 x movie bytes at memory_bandwidth_GBps)",
             peer=peer.name,
             ratio_to_peer=None if peer.seconds is None else peer.seconds / seconds,
             accuracy=rms_px,
             accuracy_unit="px RMS global trajectory error",
             peak_memory_MB=peak_MB,
             notes=f"{notes}; peer: {peer.notes}",
-            extra={"peer_accuracy_px": peer.accuracy, "peer_peak_rss_MB": peer.peak_MB},
+            extra={
+                "peer_accuracy_px": peer.accuracy,
+                "peer_peak_rss_MB": peer.peak_MB,
+                "roofline_decode_fft_s": cpu_s,
+                "roofline_memory_s": memory_s,
+                "load_average_1min": os.getloadavg()[0],
+            },
         )
     ]
 
