@@ -1,19 +1,25 @@
-"""Ab-initio 3D reconstruction by stochastic gradient descent with pose marginalisation.
+"""Ab-initio 3D reconstruction of K classes by stochastic gradient descent.
 
-Following cryoSPARC's ab-initio [1]_ for one class (K = 1): start from a random volume, and at
-each iteration take a random mini-batch of particles, evaluate the likelihood of every pose of
-a coarse SO(3) grid and every shift of a small grid at the current resolution, and move the
-volume along the preconditioned gradient of the marginal log-likelihood. With the diagonal
-(CTF^2-weight) preconditioner of cryoSPARC, the step ``V + eta (D - W V) / W`` is the convex
-combination ``(1 - eta) V + eta V_batch`` of the current volume and the batch's back-projection
-``V_batch = D / W`` with each particle inserted at its most probable poses, weighted by their
-posterior probabilities. The resolution rises geometrically from ``initial_resolution_A``
-(about 35 A) to ``final_resolution_A`` (about 12 A). The volume is kept inside a soft sphere.
+Following cryoSPARC's ab-initio [1]_: start from random volumes, and at each iteration take a
+random mini-batch of particles, evaluate the likelihood of every class, every pose of a coarse
+SO(3) grid and every shift of a small grid at the current resolution, and move each volume
+along the preconditioned gradient of the marginal log-likelihood. A particle's class
+responsibility is its posterior marginalised over poses and shifts, with the class sizes as
+prior. With the diagonal (CTF^2-weight) preconditioner of cryoSPARC, the step
+``V + eta (D - W V) / W`` is the convex combination ``(1 - eta) V + eta V_batch`` of the current
+volume and the batch's back-projection ``V_batch = D / W``, each particle inserted at its most
+probable poses within the class, weighted by their posterior probabilities times its
+responsibility (so the step does not depend on the class's share of the batch). Early on, part
+of each responsibility is spread evenly over the classes (cryoSPARC's annealed class
+similarity), so that no class starves before the classes differ. The resolution rises
+geometrically from ``initial_resolution_A`` (about 35 A) to ``final_resolution_A`` (about
+12 A). The volumes are kept inside a soft sphere. A last pass assigns every particle to its
+most probable class at the final resolution.
 
 The hand of the result is arbitrary: projections of a map and of its mirror image differ
 only by a reflection of the poses, so single-particle data cannot tell the two apart.
-:func:`mirror_volume` gives the other hand; compare both with a reference, or decide later
-(tilt pairs, alpha-helix handedness).
+:func:`mirror_volume` gives the other hand; :func:`compare_hands` decides it against a map of
+known hand (or decide later: tilt pairs, alpha-helix handedness).
 
 References
 ----------
@@ -431,12 +437,28 @@ def ab_initio(
             return xp.ones((int(sel.size), int(index.size)), dtype=np.float32)
         return xp.asarray(ctf[sel], dtype=np.float32).reshape(int(sel.size), -1)[:, index]
 
-    def class_slices(band: FourierBand) -> Array:
+    def alignment(resolution_A: float) -> tuple[FourierBand, Array, Array, Array]:
+        """The band, its inverse noise power, the class slices and the shift phases."""
+        band = fourier_band(n, radius_shells=n * pixel_size_A / resolution_A, xp=xp)
+        inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
         refs = [
             extract_slices(fourier_volume(v * mask), grid, max_frequency=band.max_frequency)
             for v in volumes
         ]
-        return xp.stack(refs).reshape(n_classes, r, -1)[:, :, band.index]
+        refs = xp.stack(refs).reshape(n_classes, r, -1)[:, :, band.index]
+        return band, inv_sigma2, refs, unshift_phases(band, shift_grid)
+
+    def joint_posterior(
+        sel: Array, band: FourierBand, inv_sigma2: Array, refs: Array, unshift: Array
+    ) -> tuple[Array, Array, Array, Array]:
+        """Posterior (b, K, T * R) of particles ``sel``, log evidence, spectra and CTF."""
+        spectra = rfft2(x[sel]).reshape(int(sel.size), -1)[:, band.index]
+        transfer = transfer_of(sel, band.index)
+        scores = _class_scores(
+            spectra, transfer, refs, inv_sigma2=inv_sigma2, unshift=unshift, log_prior=log_prior
+        )
+        prob, evidence = _normalise(scores)
+        return prob, evidence, spectra, transfer
 
     # random start: each class from its own batch back-projected at random poses, low-passed
     volumes = []
@@ -468,18 +490,9 @@ def ab_initio(
             initial_resolution_A * (final_resolution_A / initial_resolution_A) ** fraction
         )
         schedule.append(resolution_A)
-        band = fourier_band(n, radius_shells=n * pixel_size_A / resolution_A, xp=xp)
-        inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
-        refs = class_slices(band)
-        unshift = unshift_phases(band, shift_grid)
+        band, inv_sigma2, refs, unshift = alignment(resolution_A)
         batch = xp.asarray(rng.choice(b, size=batch_size, replace=False))
-        spectra = rfft2(x[batch]).reshape(batch_size, -1)[:, band.index]
-        transfer = transfer_of(batch, band.index)
-        prob, evidence = _normalise(
-            _class_scores(
-                spectra, transfer, refs, inv_sigma2=inv_sigma2, unshift=unshift, log_prior=log_prior
-            )
-        )
+        prob, evidence, spectra, transfer = joint_posterior(batch, band, inv_sigma2, refs, unshift)
         log_likelihood.append(float(xp.mean(evidence)))
         posterior = prob.sum(axis=-1)
         similarity = class_similarity * max(0.0, 1.0 - 2.0 * fraction)
@@ -534,26 +547,13 @@ def ab_initio(
     if n_classes == 1:
         posterior = xp.ones((b, 1), dtype=np.float32)
     else:
-        band = fourier_band(n, radius_shells=n * pixel_size_A / schedule[-1], xp=xp)
-        inv_sigma2 = band.hermitian / xp.maximum(sigma2[band.shells], np.float32(1e-12))
-        refs = class_slices(band)
-        unshift = unshift_phases(band, shift_grid)
-        parts = []
-        for start in range(0, b, _CHUNK):
-            sel = xp.arange(start, min(start + _CHUNK, b))
-            spectra = rfft2(x[sel]).reshape(int(sel.size), -1)[:, band.index]
-            prob, _ = _normalise(
-                _class_scores(
-                    spectra,
-                    transfer_of(sel, band.index),
-                    refs,
-                    inv_sigma2=inv_sigma2,
-                    unshift=unshift,
-                    log_prior=log_prior,
-                )
-            )
-            parts.append(prob.sum(axis=-1))
-        posterior = xp.concatenate(parts)
+        final = alignment(schedule[-1])
+        posterior = xp.concatenate(
+            [
+                joint_posterior(xp.arange(start, min(start + _CHUNK, b)), *final)[0].sum(axis=-1)
+                for start in range(0, b, _CHUNK)
+            ]
+        )
     classes = np.asarray(to_host(posterior.argmax(axis=-1)), dtype=np.int64)
     counts = np.bincount(classes, minlength=n_classes)
     order = np.argsort(-counts, kind="stable")
