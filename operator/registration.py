@@ -76,6 +76,26 @@ def _quantity_to_MiB(value: str) -> int:
     return max(1, round(float(value) / 2**20))
 
 
+PVC_SCHEME = "pvc://"
+"""Scheme of a project root on a PersistentVolumeClaim: ``pvc://<namespace>/<claim>/<subPath>``."""
+
+
+def storage_root(project: ProjectResource) -> str | None:
+    """The project's storage root as the metadata service records it, or None.
+
+    An absolute ``path`` (the workstation runner), ``s3://bucket/prefix``, or
+    ``pvc://<namespace>/<claim>/<subPath>``: the claim lives in the Project's namespace, so the
+    root names both, and the console finds the folder where it has mounted that claim.
+    """
+    storage = project.spec.storage
+    if storage.pvc is not None:
+        sub_path = storage.pvc.sub_path.strip("/")
+        return f"{PVC_SCHEME}{project.metadata.namespace}/{storage.pvc.claim_name}/{sub_path}"
+    if storage.s3 is not None:
+        return f"s3://{storage.s3.bucket}/{storage.s3.prefix}"
+    return storage.path if storage.path and storage.path.startswith("/") else None
+
+
 class ServiceMetadata:
     """The link to a running metadata service, through its operator client.
 
@@ -108,15 +128,12 @@ class ServiceMetadata:
     async def register_project(self, project: ProjectResource) -> None:
         """Create the project's record with its members and storage root."""
         spec = project.spec
-        root = spec.storage.path or (
-            f"s3://{spec.storage.s3.bucket}/{spec.storage.s3.prefix}" if spec.storage.s3 else None
-        )
         await self._client.register_project(
             ProjectCreate(
                 name=project.metadata.name,
                 members=[m.name for m in spec.members if m.kind == "User"],
                 groups=[m.name for m in spec.members if m.kind == "Group"],
-                storage_root=root if root and root.startswith(("/", "s3://")) else None,
+                storage_root=storage_root(project),
                 namespace=project.metadata.namespace,
             )
         )

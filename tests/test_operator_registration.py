@@ -11,7 +11,7 @@ from cryokube.operator.metadata.client import MetadataClient
 from cryokube.operator.metadata.models import ProjectCreate
 from cryokube.operator.metadata.tokens import verify_job_token
 from cryokube.operator.models import parse_job, parse_project
-from cryokube.operator.registration import NoMetadata, ServiceMetadata
+from cryokube.operator.registration import NoMetadata, ServiceMetadata, storage_root
 from support.metadata_app import SERVICE_TOKEN, TOKEN_SECRET, make_settings
 
 pytestmark = pytest.mark.mongo
@@ -82,5 +82,49 @@ async def test_an_s3_project_is_recorded_with_its_root_and_namespace(
         replay = ProjectCreate(name="ribo", storage_root="s3://cryo/labs/ribo", namespace="lab-b")
         stored = await client.register_project(replay)
         assert (stored.storage_root, stored.namespace) == ("s3://cryo/labs/ribo", "lab-b")
+    finally:
+        await link.close()
+
+
+@pytest.mark.parametrize(
+    ("storage", "root"),
+    [
+        (
+            {"pvc": {"claimName": "cryo-data", "subPath": "labs/apo/"}},
+            "pvc://lab-a/cryo-data/labs/apo",
+        ),
+        ({"pvc": {"claimName": "cryo-data"}}, "pvc://lab-a/cryo-data/"),
+        ({"s3": {"bucket": "cryo", "prefix": "labs/apo", "secretRef": "k"}}, "s3://cryo/labs/apo"),
+        ({"path": "/data/apo"}, "/data/apo"),
+        ({"path": "relative/apo"}, None),
+    ],
+)
+def test_storage_root_names_the_claim_and_its_namespace(
+    storage: dict[str, Any], root: str | None
+) -> None:
+    project = parse_project(
+        {"metadata": {"name": "apo", "namespace": "lab-a"}, "spec": {"storage": storage}}
+    )
+    assert storage_root(project) == root
+
+
+async def test_a_pvc_project_registered_without_a_root_gets_it_on_replay(
+    aiohttp_server: Any, mongo_server: Any, mongo_db_name: str
+) -> None:
+    server = await aiohttp_server(create_app(make_settings(mongo_server.uri, mongo_db_name)))
+    client = MetadataClient(str(server.make_url("/")), service_token=SERVICE_TOKEN)
+    link = ServiceMetadata(client, token_secret=TOKEN_SECRET)
+    pvc = {"claimName": "cryo-data", "subPath": "apo"}
+    project = parse_project(
+        {"metadata": {"name": "apo", "namespace": "lab-a"}, "spec": {"storage": {"pvc": pvc}}}
+    )
+    try:
+        # What an operator before PVC roots recorded: the project without a root.
+        await client.register_project(ProjectCreate(name="apo", namespace="lab-a"))
+        await link.register_project(project)
+        # An identical replay returns the stored record (a different root would be a 409).
+        replay = ProjectCreate(name="apo", namespace="lab-a", storage_root=storage_root(project))
+        stored = await client.register_project(replay)
+        assert stored.storage_root == "pvc://lab-a/cryo-data/apo"
     finally:
         await link.close()
