@@ -5,7 +5,7 @@
   counted as 2.5 N log2 N flops (half of the complex 5 N log2 N), N = 4096^2.
 - ``lzw_decode_MBps``: one thread of ``imagecodecs.lzw_decode`` on a realistic counting frame
   (4096 x 4096 uint8, Poisson 1 e/px, one LZW stream), decoded MB per second. The
-  roofline of reading LZW TIFF movies (and so of motion correction on the CPU).
+  roofline of reading LZW TIFF movies (with the full-frame FFTs, motion correction's).
 """
 
 from __future__ import annotations
