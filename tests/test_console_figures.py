@@ -8,10 +8,12 @@ import pytest
 from cryokube.operator.console.figures import (
     MAX_MRC_BYTES,
     FigureCache,
+    StorageOpener,
     job_figures,
     read_job_manifest,
 )
-from cryokube.processing.storage import PosixStorage
+from cryokube.operator.metadata.settings import Settings
+from cryokube.processing.storage import PosixStorage, StorageError, StoragePathError
 from support.console_data import write_pipeline
 
 
@@ -76,3 +78,24 @@ def test_cache_draws_a_manifest_once(root: Path) -> None:
     assert cache.figures(str(root), storage, manifest) is not first  # evicted (size 1)
     with pytest.raises(ValueError, match="size"):
         FigureCache(size=0)
+
+
+def test_a_pvc_root_opens_its_subpath_under_the_claims_mount(root: Path) -> None:
+    opener = StorageOpener(pvc_mounts={"lab-a/cryo-data": root.parent})
+    storage = opener.open(f"pvc://lab-a/cryo-data/{root.name}")
+    assert read_job_manifest(storage, "refine-1") is not None
+    assert opener.open("pvc://lab-a/cryo-data/").exists(f"{root.name}/refine-1/manifest.json")
+    with pytest.raises(StorageError, match="lab-b/cryo-data is not mounted"):
+        opener.open(f"pvc://lab-b/cryo-data/{root.name}")
+    with pytest.raises(StoragePathError, match="leave the project root"):
+        opener.open(f"pvc://lab-a/cryo-data/{root.name}/../..")
+    with pytest.raises(ValueError, match="storage_root"):
+        opener.open("nfs://server/apo")
+
+
+def test_pvc_mounts_come_from_the_environment_as_json() -> None:
+    env = {"CRYOKUBE_TOKEN_SECRET": "s" * 32, "CRYOKUBE_PVC_MOUNTS": '{"ns/claim": "/projects"}'}
+    assert Settings.from_env(env).pvc_mounts == {"ns/claim": Path("/projects")}
+    for bad in ("{not json", '["ns/claim"]', '{"claim": "/projects"}', '{"ns/claim": "rel"}'):
+        with pytest.raises(ValueError, match="CRYOKUBE_PVC_MOUNTS"):
+            Settings.from_env({**env, "CRYOKUBE_PVC_MOUNTS": bad})

@@ -127,6 +127,59 @@ async def test_a_project_on_s3_shows_the_same_plots(s3_api: Any) -> None:
     assert "FSC: 8.00 Å at 0.143" in page
 
 
+CLAIM = "lab-a/cryo-data"
+
+
+@pytest.fixture
+async def pvc_api(
+    aiohttp_client: Any, mongo_server: Any, mongo_db_name: str, tmp_path: Path
+) -> Any:
+    """The same finished pipeline in a subPath of a claim the service has mounted at
+    ``tmp_path``, beside projects whose claim it has not mounted or whose subPath escapes."""
+    write_pipeline(tmp_path / "labs/apo")
+    settings = make_settings(mongo_server.uri, mongo_db_name, pvc_mounts={CLAIM: tmp_path})
+    client = await aiohttp_client(create_app(settings))
+    roots = {
+        "apo": f"pvc://{CLAIM}/labs/apo",
+        "elsewhere": "pvc://lab-b/cryo-data/labs/apo",
+        "escape": f"pvc://{CLAIM}/../../etc",
+    }
+    for name, root in roots.items():
+        body = {"name": name, "members": ["mia"], "storage_root": root}
+        assert (await client.post("/api/v1/projects", json=body, headers=admin())).status == 201
+    client.uids = await register_pipeline(client)
+    for name in ("elsewhere", "escape"):
+        body = {"uid": f"uid-{name}", "name": "refine-1", "project": name, "job_type": "export"}
+        assert (await client.post("/api/v1/jobs", json=body, headers=OPERATOR)).status == 201
+    return client
+
+
+async def test_a_project_on_a_mounted_claim_shows_the_same_plots(pvc_api: Any) -> None:
+    for job, classes in PLOTS:
+        page = await _html(pvc_api, f"/console/jobs/{pvc_api.uids[job]}")
+        for css in classes:
+            assert f'class="{css}"' in page, job
+        assert "not shown" not in page
+    page = await _html(pvc_api, f"/console/jobs/{pvc_api.uids['refine-1']}")
+    assert "FSC: 8.00 Å at 0.143" in page
+
+
+@pytest.mark.parametrize(
+    ("uid", "reason"),
+    [
+        ("uid-elsewhere", "claim lab-b/cryo-data is not mounted in the metadata service"),
+        ("uid-escape", "would leave the project root"),
+    ],
+)
+async def test_an_unmounted_claim_or_escaping_subpath_is_a_note(
+    pvc_api: Any, uid: str, reason: str
+) -> None:
+    page = await _html(pvc_api, f"/console/jobs/{uid}")
+    assert "could not be read" in page
+    assert reason in page
+    assert 'class="plot' not in page
+
+
 async def test_queue_page_says_why_jobs_wait(api: Any) -> None:
     body = {"uid": "uid-wait", "name": "wait-1", "project": "apo", "job_type": "ab_initio"}
     assert (await api.post("/api/v1/jobs", json=body, headers=OPERATOR)).status == 201

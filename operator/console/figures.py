@@ -28,7 +28,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryokube.processing.datasets import load_cs
 from cryokube.processing.io import read_mrc
 from cryokube.processing.jobs import DataKind
-from cryokube.processing.storage import PosixStorage, S3Storage, Storage, StorageError
+from cryokube.processing.storage import (
+    PosixStorage,
+    S3Storage,
+    Storage,
+    StorageError,
+    confine_path,
+)
 from cryokube.processing.storage.s3 import make_client
 from cryokube.processing.worker.manifest import MANIFEST_NAME, GroupEntry, JobManifest
 
+from ..registration import PVC_SCHEME
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -74,28 +81,47 @@ class Source:
 
 
 class StorageOpener:
-    """Opens a project's storage root: an absolute folder or ``s3://bucket/prefix``.
+    """Opens a project's storage root: an absolute folder, ``s3://bucket/prefix`` or
+    ``pvc://<namespace>/<claim>/<subPath>``.
 
     S3 roots share one boto3 client (made on first use, thread-safe afterwards) for the
     ``endpoint_url`` of the service's S3-compatible store; objects are read through temporary
-    local copies, and :class:`FigureCache` keeps the figures so each is fetched once.
+    local copies, and :class:`FigureCache` keeps the figures so each is fetched once. PVC roots
+    are the ``subPath`` folder (confined to the claim) under the path where the service has
+    mounted that claim (``pvc_mounts``, keyed ``<namespace>/<claim>``).
     """
 
-    def __init__(self, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self, endpoint_url: str | None = None, pvc_mounts: Mapping[str, Path] | None = None
+    ) -> None:
         self._endpoint_url = endpoint_url
+        self._pvc_mounts = dict(pvc_mounts or {})
         self._client: Any = None
         self._lock = threading.Lock()
 
     def open(self, root: str) -> Storage:
-        """The storage of ``root``; ``ValueError`` naming it when it is neither form."""
+        """The storage of ``root``; ``ValueError`` naming it when it is none of the forms,
+        ``StorageError`` when its claim is not mounted here."""
         if root.startswith("s3://"):
             bucket, _, prefix = root.removeprefix("s3://").partition("/")
             with self._lock:
                 if self._client is None:
                     self._client = make_client(endpoint_url=self._endpoint_url)
             return S3Storage(self._client, bucket, prefix)
+        if root.startswith(PVC_SCHEME):
+            namespace, _, rest = root.removeprefix(PVC_SCHEME).partition("/")
+            claim, _, sub_path = rest.partition("/")
+            mount = self._pvc_mounts.get(f"{namespace}/{claim}")
+            if mount is None:
+                raise StorageError(
+                    f"claim {namespace}/{claim} is not mounted in the metadata service "
+                    "(CRYOKUBE_PVC_MOUNTS)"
+                )
+            return PosixStorage(confine_path(mount, sub_path, allow_root=True))
         if not root.startswith("/"):
-            raise ValueError(f"storage_root: {root!r} is neither an absolute path nor s3://")
+            raise ValueError(
+                f"storage_root: {root!r} is neither an absolute path, s3:// nor {PVC_SCHEME}"
+            )
         return PosixStorage(Path(root))
 
 

@@ -348,7 +348,8 @@ def setup_console(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
     )
     app[FIGURES] = FigureCache()
-    app[STORAGE] = StorageOpener(app[SETTINGS].s3_endpoint_url)
+    settings = app[SETTINGS]
+    app[STORAGE] = StorageOpener(settings.s3_endpoint_url, settings.pvc_mounts)
     app.middlewares.append(html_errors)
     router = app.router
     router.add_get(PREFIX, index, name="console_index")

@@ -147,7 +147,8 @@ class ProjectCreate(Request):
         default=None,
         max_length=1024,
         description=(
-            "The project's storage root (an absolute path or s3://bucket/prefix), where the "
+            "The project's storage root (an absolute path, s3://bucket/prefix or "
+            "pvc://<namespace>/<claim>/<subPath>), where the "
             "console reads outputs."
         ),
     )

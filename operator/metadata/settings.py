@@ -7,6 +7,7 @@ is trusted as a user, and every user endpoint answers 401.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,26 @@ class Settings(BaseModel):
         ),
     )
 
+    pvc_mounts: dict[str, Path] = Field(
+        default_factory=dict,
+        description=(
+            "PersistentVolumeClaims this service has mounted read-only, as "
+            "'<namespace>/<claim>' -> mount path (CRYOKUBE_PVC_MOUNTS, a JSON object): the "
+            "console reads pvc:// project roots there."
+        ),
+    )
+
+    @field_validator("pvc_mounts")
+    @classmethod
+    def _mounts_name_claims(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for claim, path in value.items():
+            namespace, _, name = claim.partition("/")
+            if not namespace or not name or "/" in name:
+                raise ValueError(f"CRYOKUBE_PVC_MOUNTS: key {claim!r} is not '<namespace>/<claim>'")
+            if not path.is_absolute():
+                raise ValueError(f"CRYOKUBE_PVC_MOUNTS: mount path {str(path)!r} is not absolute")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -138,4 +159,19 @@ class Settings(BaseModel):
         ):
             if env.get(var):
                 values[field] = tuple(s.strip() for s in env[var].split(",") if s.strip())
+        if env.get("CRYOKUBE_PVC_MOUNTS"):
+            values["pvc_mounts"] = _json_object("CRYOKUBE_PVC_MOUNTS", env["CRYOKUBE_PVC_MOUNTS"])
         return cls.model_validate(values)
+
+
+def _json_object(var: str, text: str) -> dict[str, str]:
+    """``text`` parsed as a JSON object of strings; ``ValueError`` naming ``var`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{var}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(
+            f'{var}: expected a JSON object of strings, e.g. {{"ns/claim": "/projects"}}'
+        )
+    return value
