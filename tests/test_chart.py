@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryokube.operator.metadata.settings import Settings
 from support.tools import tool
 
 RELEASE = "ck"
@@ -577,6 +578,35 @@ def test_metadata_service_reads_s3_roots_like_the_workers(repo_root: Path) -> No
         "spec"
     ]["containers"]
     assert not any(e["name"].startswith("AWS_") for e in onprem["env"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "claim"),
+    [
+        ((), f"{RELEASE}-cryokube-projects"),
+        (("--set", "storage.pvc.existingClaim=lab-nfs"), "lab-nfs"),
+    ],
+)
+def test_metadata_service_mounts_the_project_claim_read_only(
+    repo_root: Path, extra: tuple[str, ...], claim: str
+) -> None:
+    docs = render(repo_root, "onprem", "--set", "storage.pvc.mountPath=/data/projects", *extra)
+    assert [c["metadata"]["name"] for c in objects(docs, "PersistentVolumeClaim")] == (
+        [claim] if not extra else []
+    )
+    spec = one(docs, "Deployment", "-metadata")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": "/data/projects", "readOnly": True}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = Settings.from_env({**env, "CRYOKUBE_TOKEN_SECRET": "s" * 32})
+    assert settings.pvc_mounts == {f"{NAMESPACE}/{claim}": Path("/data/projects")}
+    cloud = one(render(repo_root, "cloud-s3"), "Deployment", "-metadata")["spec"]["template"]
+    assert "CRYOKUBE_PVC_MOUNTS" not in {e["name"] for e in cloud["spec"]["containers"][0]["env"]}
+    assert not any("persistentVolumeClaim" in v for v in cloud["spec"]["volumes"])
 
 
 def test_chart_crds_are_a_copy_of_the_generated_crds(repo_root: Path) -> None:
