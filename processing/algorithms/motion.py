@@ -326,16 +326,16 @@ def _fast_even(n: float) -> int:
     return m
 
 
-def _window(frame: Array, top: int, left: int, size_y: int, size_x: int, fill: Array) -> Array:
-    """``frame[top:top+size_y, left:left+size_x]``, filled with ``fill`` outside the frame."""
-    xp = array_module(frame)
+def _window(frame: Array, top: int, left: int, out: Array, fill: Array) -> None:
+    """Write ``frame[top:, left:]`` into ``out`` (its shape), ``fill`` outside the frame."""
     ny, nx = frame.shape
-    out = xp.full((size_y, size_x), fill, dtype=np.float32)
+    size_y, size_x = out.shape
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + size_y, ny), min(left + size_x, nx)
+    if (y0, x0, y1, x1) != (top, left, top + size_y, left + size_x):
+        out[...] = fill
     if y1 > y0 and x1 > x0:
         out[y0 - top : y1 - top, x0 - left : x1 - left] = frame[y0:y1, x0:x1]
-    return out
 
 
 def _padded(frame: Array, shape: tuple[int, int]) -> Array:
@@ -632,21 +632,18 @@ def _corrected_sums(
 
     weighted = xp.zeros((ny, nx), dtype=np.float32)
     plain = xp.zeros((ny, nx), dtype=np.float32)
+    # One window stack for all tiles, filled frame by frame: no per-window copies.
+    stack = xp.empty((n_frames, *win), dtype=np.float32)
     for tile, (top, left) in enumerate((t, le) for t in tops for le in lefts):
-        stack = xp.stack(
-            [
-                _window(
-                    frames[i],
-                    top - margin + int(integer[tile, i, 0]),
-                    left - margin + int(integer[tile, i, 1]),
-                    *win,
-                    means[i],
-                )
-                for i in range(n_frames)
-            ]
-        )
+        for i in range(n_frames):
+            _window(
+                frames[i],
+                top - margin + int(integer[tile, i, 0]),
+                left - margin + int(integer[tile, i, 1]),
+                stack[i],
+                means[i],
+            )
         spectra = rfft2(stack)
-        del stack
         # The phase ramps of fourier_shift and the dose weights, applied in place: on a tile
         # stack each temporary copy costs as much as the FFT (profiled on 5760 x 4092 x 50).
         spectra *= ramp_y(tile)
