@@ -102,6 +102,7 @@ def motion(machine: dict[str, float]) -> list[Record]:
                 movie, pixel_size_A=MOVIE_PIXEL_A, dose_per_frame_e_per_A2=DOSE_E_PER_A2
             )
 
+        load_ours = os.getloadavg()[0]
         result, seconds, peak_MB = _timed(run)
         error = result.global_shifts_px - (drift - drift[0])
         error -= error.mean(axis=0)
@@ -112,6 +113,7 @@ def motion(machine: dict[str, float]) -> list[Record]:
         ) / (machine["fft_GFLOPs_2threads"] * 1e9)
         memory_s = 2 * n_bytes / (machine["memory_bandwidth_GBps"] * 1e9)
         roofline_s = max(cpu_s, memory_s)
+        load_peer = os.getloadavg()[0]
         peer = peers.relion_motioncorr(
             path,
             pixel_size_A=MOVIE_PIXEL_A,
@@ -138,7 +140,11 @@ def motion(machine: dict[str, float]) -> list[Record]:
                 "peer_peak_rss_MB": peer.peak_MB,
                 "roofline_decode_fft_s": cpu_s,
                 "roofline_memory_s": memory_s,
-                "load_average_1min": os.getloadavg()[0],
+                # Other work on the machine moves both timings: the 1-minute load average as
+                # each run starts, and once both have finished.
+                "load_average_1min_before_ours": load_ours,
+                "load_average_1min_before_peer": load_peer,
+                "load_average_1min_after": os.getloadavg()[0],
             },
         )
     ]
