@@ -229,7 +229,7 @@ def test_real_micrograph_defocus_within_3_percent(shared_data: Path) -> None:
 
     The README's "astigmatism under about 100 A" comes from ASPIRE 0.14.3, which cannot see
     such astigmatism: on simulated micrographs of this size, pixel and defocus with 600 A at
-    -55 deg it reports 217 A (SNR 1) and 9 A (SNR 0.1). Our fit measures 336 A at -60 deg
+    -55 deg it reports 217 A (SNR 1) and 9 A (SNR 0.1). Our fit measures 352 A at -60 deg
     (box 512; 262-406 A with boxes of 256 and 1024; halves of the crop 148-451 A).
     Measurements that do not use the fitter give a few hundred A at most: ring radii per
     15-45 degree sector give 100-350 A (each with about 200 A of noise at this SNR), and the
