@@ -85,9 +85,14 @@ async def reconcile_job(
     ns, name = job.metadata.namespace, job.metadata.name
     key = (ns, name)
     peers = {p.name: p for p in indexes["job_peers"].get(ns, [])}
-    for (other_ns, other), gpus in memo.reserved.items():  # creates the index has not seen yet
-        if other_ns == ns and other in peers and other != name:
-            peers[other] = dataclasses.replace(peers[other], holds_gpus=gpus > 0)
+    for other_key, gpus in list(memo.reserved.items()):  # creates the index has not seen yet
+        other_ns, other = other_key
+        if other_ns != ns or other not in peers:
+            continue
+        if peers[other].holds_gpus:
+            del memo.reserved[other_key]  # the index has caught up: keep the overlay small
+        elif other != name and gpus > 0:
+            peers[other] = dataclasses.replace(peers[other], holds_gpus=True)
     project = _project(indexes, ns, job.spec.project)
     if patch is not None and project is not None:
         owners = with_project_owner(
