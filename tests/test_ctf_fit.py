@@ -64,23 +64,42 @@ def test_simulated_defocus_within_1_percent_and_angle_within_5_deg(
     assert fit.fit_resolution_A < 20.0
 
 
+_BIAS_AT_HALF_MICRON = pytest.mark.xfail(
+    strict=True,
+    reason="issue #4: at 0.5 um without astigmatism the mean defocus misses by -3.1 to +1.7% "
+    "depending on the specimen",
+)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("defocus_A", "seed"),
-    [(5000.0, seed) for seed in range(5)]
-    + [(10000.0, 0), (10000.0, 1), (20000.0, 2), (35000.0, 3)],
+    ("defocus_A", "phantom_seed", "seed"),
+    [
+        (10000.0, 0, 0),
+        (10000.0, 0, 1),
+        (20000.0, 0, 2),
+        (35000.0, 0, 3),
+        pytest.param(5000.0, 0, 2, marks=_BIAS_AT_HALF_MICRON),
+        pytest.param(5000.0, 0, 4, marks=_BIAS_AT_HALF_MICRON),
+        pytest.param(5000.0, 2, 0, marks=_BIAS_AT_HALF_MICRON),
+        pytest.param(5000.0, 3, 0, marks=_BIAS_AT_HALF_MICRON),
+    ],
 )
 def test_simulated_mean_defocus_within_1_percent_without_astigmatism(
-    phantom: Phantom, defocus_A: float, seed: int
+    defocus_A: float, phantom_seed: int, seed: int
 ) -> None:
-    """0.5-3.5 um, round rings; 0.5 um on five seeds (issue #4).
+    """1-3.5 um with round rings, and the open 0.5 um case of issue #4 (strict xfail).
 
-    At 0.5 um the first zero lies at 10 A and one ring period spans 14-7 A, where the rings
-    fade several-fold: a ring amplitude linear in k^2 with no envelope gave +0.86 to +1.69%
-    on these seeds (800 A of astigmatism hid it: within 0.5%). Measured now: -0.04 to +0.55%
-    at 0.5 um, -0.68 to -0.81% at 1 um (seeds 0-4), -0.2% at 2 um and -0.19 to +0.08% at
-    3.5 um (seeds 0-2).
+    Measured (phantom 0, micrograph seeds 0-4): 1 um -0.69 to -0.79%, 2 um -0.2%. At 0.5 um
+    the error depends on the specimen: +0.86 to +1.69% on phantom 0 (800 A of astigmatism,
+    the only 0.5 um case tested before: +0.1 to +0.5%), -0.48, -2.75, -3.09 and
+    -1.64% on phantoms 1-4 (micrograph seed 0). The error follows the specimen, not the
+    noise, which points at the particle's own orientation-averaged spectrum within one ring
+    period (14-7 A at 0.5 um), which the annulus's linear ring amplitude cannot follow (not
+    verified). A nominal envelope on the model shifts every specimen by about the same
+    amount (B = 75 A^2: -1.1%), so it is no fix.
     """
+    phantom = phantom_volume(box_size=96, pixel_size_A=PIXEL_A, seed=phantom_seed)
     micrograph = simulate_micrograph(
         phantom.volume,
         PIXEL_A,
@@ -229,7 +248,7 @@ def test_real_micrograph_defocus_within_3_percent(shared_data: Path) -> None:
 
     The README's "astigmatism under about 100 A" comes from ASPIRE 0.14.3, which cannot see
     such astigmatism: on simulated micrographs of this size, pixel and defocus with 600 A at
-    -55 deg it reports 217 A (SNR 1) and 9 A (SNR 0.1). Our fit measures 352 A at -60 deg
+    -55 deg it reports 217 A (SNR 1) and 9 A (SNR 0.1). Our fit measures 336 A at -60 deg
     (box 512; 262-406 A with boxes of 256 and 1024; halves of the crop 148-451 A).
     Measurements that do not use the fitter give a few hundred A at most: ring radii per
     15-45 degree sector give 100-350 A (each with about 200 A of noise at this SNR), and the

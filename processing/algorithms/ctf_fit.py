@@ -9,8 +9,7 @@ Background and score differ from CTFFIND's box convolution and global correlatio
 mean defocus ``D`` each frequency is compared within an annulus exactly one Thon-ring period
 wide in ``k^2`` (the period is ``1 / (lambda D - Cs lambda^3 k^2)``): there the spectrum is
 regressed on a background ``a + b k^2 + g cos 2theta + h sin 2theta`` plus the model's rings
-with an amplitude that may change linearly, ``(c + e k^2) CTF^2`` (``CTF^2`` with a nominal
-envelope, ``_RING_ENVELOPE_B_A2``), and the score is the mean
+with an amplitude that may change linearly, ``(c + e k^2) CTF^2``, and the score is the mean
 signed fraction of the background residual that the rings explain. A window of one whole
 period removes the background at any defocus, where a fixed box is too narrow at low defocus
 and low resolution, and the free local ring amplitude removes the bias of a global correlation
@@ -44,16 +43,6 @@ import scipy.optimize
 from cryokube.processing.algorithms._spectra import centred_power_spectrum
 from cryokube.processing.backend import Array, array_module, fourier_crop, radial_frequency, to_host
 from cryokube.processing.ctf import ctf_2d, electron_wavelength_A
-
-_RING_ENVELOPE_B_A2 = 75.0
-"""B-factor (A^2) of a nominal envelope ``exp(-B k^2 / 2)`` on the model's ``CTF^2``.
-
-The local ring amplitude ``c + e k^2`` is a first-order expansion over one ring period. At
-0.5 um a period spans 14-7 A, over which the rings of particles fade several-fold, and
-without the envelope the mean defocus came out +0.86 to +1.69% (5 seeds, simulator, round
-rings). Chosen on the simulator: B = 0, 50, 75, 100, 250 gave at 0.5 um a mean of +1.27,
-+0.82, +0.27, 0.0, -0.2% and at 1 um -0.74% for all but 100 and 250 (one seed -1.3%, -1.4%).
-The real spectra of ``tests/test_ctf_fit.py`` move by under 15 A."""
 
 _K2_BINS = 4096
 """Number of k^2 bins up to the grid's corner for the annulus statistics (about 50 per ring at
@@ -192,7 +181,6 @@ def _model(p: _Problem, params: tuple[float, float, float, float]) -> Array:
         cs_mm=p.cs_mm,
         amp_contrast=p.amp_contrast,
         phase_shift_deg=phase,
-        b_factor_A2=_RING_ENVELOPE_B_A2,
     )
     return ctf * ctf
 
