@@ -93,11 +93,11 @@ def test_simulated_mean_defocus_within_1_percent_without_astigmatism(
     Measured (phantom 0, micrograph seeds 0-4): 1 um -0.69 to -0.79%, 2 um -0.2%. At 0.5 um
     the error depends on the specimen: +0.86 to +1.69% on phantom 0 (800 A of astigmatism,
     the only 0.5 um case tested before: +0.1 to +0.5%), -0.48, -2.75, -3.09 and
-    -1.64% on phantoms 1-4 (micrograph seed 0). The error follows the specimen, not the
-    noise, which points at the particle's own orientation-averaged spectrum within one ring
-    period (14-7 A at 0.5 um), which the annulus's linear ring amplitude cannot follow (not
-    verified). A nominal envelope on the model shifts every specimen by about the same
-    amount (B = 75 A^2: -1.1%), so it is no fix.
+    -1.64% on phantoms 1-4 (micrograph seed 0). The noise-free images of phantoms 0 and 3
+    fit to -0.33 and -0.29%: the error arises where the rings fade into the noise within the
+    one ring period (14-7 A) of each annulus, at a rate set by the particle. A nominal
+    envelope on the model shifts every specimen by about the same amount (B = 75 A^2: -1.1%),
+    so it is no fix.
     """
     phantom = phantom_volume(box_size=96, pixel_size_A=PIXEL_A, seed=phantom_seed)
     micrograph = simulate_micrograph(
