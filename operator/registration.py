@@ -10,7 +10,8 @@ the service's own client (:class:`~cryokube.operator.metadata.client.MetadataCli
 from __future__ import annotations
 
 import secrets
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from .metadata.client import MetadataClient
 from .metadata.models import JobCreate, JobInput, JobStatus, JobUpdate, ProjectCreate
@@ -25,8 +26,14 @@ class MetadataLink(Protocol):
     async def register_project(self, project: ProjectResource) -> None:
         """Create or update the project's record (idempotent)."""
 
-    async def register_job(self, job: JobResource) -> str:
-        """Create or update the job's record (idempotent) and return its worker token."""
+    async def register_job(
+        self, job: JobResource, *, requests: Mapping[str, Any] | None = None
+    ) -> str:
+        """Create or update the job's record (idempotent) and return its worker token.
+
+        ``requests`` are the pod's resource requests when they differ from ``spec.resources``
+        (the operator's worker defaults fill in what the Job leaves unset).
+        """
 
     async def mark_job(self, job: JobResource, phase: str) -> None:
         """Record a phase the operator decided (``Cancelled``, ``Failed`` on invalid input)."""
@@ -44,7 +51,12 @@ class NoMetadata:
     async def register_project(self, project: ProjectResource) -> None:
         """Do nothing: there is no service to register with."""
 
-    async def register_job(self, job: JobResource) -> str:  # noqa: ARG002 - the protocol's signature
+    async def register_job(
+        self,
+        job: JobResource,  # noqa: ARG002 - the protocol's signature
+        *,
+        requests: Mapping[str, Any] | None = None,  # noqa: ARG002 - the protocol's signature
+    ) -> str:
         """Return a random 256-bit token (workers then only write files)."""
         return secrets.token_urlsafe(32)
 
@@ -138,8 +150,12 @@ class ServiceMetadata:
             )
         )
 
-    async def register_job(self, job: JobResource) -> str:
-        """Register the job (by UID) and mint its worker token."""
+    async def register_job(
+        self, job: JobResource, *, requests: Mapping[str, Any] | None = None
+    ) -> str:
+        """Register the job (by UID), with the pod's ``requests`` when given, and mint its token."""
+        cpu = (requests or {}).get("cpu", job.spec.resources.cpu)
+        memory = (requests or {}).get("memory", job.spec.resources.memory)
         await self._client.register_job(
             JobCreate(
                 uid=job.metadata.uid,
@@ -149,8 +165,8 @@ class ServiceMetadata:
                 lane=job.spec.queue or "default",
                 resources=MetadataResources(
                     gpus=job.gpus_total(),
-                    cpus=_quantity_to_cpus(job.spec.resources.cpu),
-                    memory_MiB=_quantity_to_MiB(job.spec.resources.memory),
+                    cpus=_quantity_to_cpus(cpu),
+                    memory_MiB=_quantity_to_MiB(memory),
                 ),
                 parameters=job.spec.params,
                 inputs=[JobInput(job=i.job, output=i.output) for i in job.spec.inputs],

@@ -118,9 +118,12 @@ async def reconcile_job(
         memo.created.add(key)
         memo.reserved[key] = job.gpus_total()
         try:
-            token = await memo.metadata.register_job(job)
-            secret = build_token_secret(job, token)
             child = build_child_job(job, project, config=memo.worker_config)
+            pod = child["spec"]["template"]["spec"]
+            token = await memo.metadata.register_job(
+                job, requests=pod["containers"][0]["resources"]["requests"]
+            )
+            secret = build_token_secret(job, token)
             kopf.adopt([secret, child], owner=body)
             await kube.create(memo.api, secret)
             await kube.create(memo.api, child)
