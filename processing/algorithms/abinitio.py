@@ -14,7 +14,8 @@ of each responsibility is spread evenly over the classes (cryoSPARC's annealed c
 similarity), so that no class starves before the classes differ. The resolution rises
 geometrically from ``initial_resolution_A`` (about 35 A) to ``final_resolution_A`` (about
 12 A). The volumes are kept inside a soft sphere. A last pass assigns every particle to its
-most probable class at the final resolution.
+most probable class at the final resolution. After each iteration but the last, ``on_iteration``
+receives an :class:`AbInitioState`, from which ``resume=`` continues bit for bit.
 
 The hand of the result is arbitrary: projections of a map and of its mirror image differ
 only by a reflection of the poses, so single-particle data cannot tell the two apart.
@@ -30,7 +31,9 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +70,7 @@ from scipy.spatial.transform import Rotation
 
 __all__ = [
     "AbInitioResult",
+    "AbInitioState",
     "HandComparison",
     "ab_initio",
     "compare_hands",
@@ -105,6 +109,41 @@ class AbInitioResult:
     class_sizes: npt.NDArray[np.int64]
     resolution_schedule_A: list[float]
     log_likelihood: list[float]
+
+
+@dataclass(frozen=True)
+class AbInitioState:
+    """What :func:`ab_initio` needs to continue after an iteration (a checkpoint's content).
+
+    The SGD step has no momentum (a convex combination with a constant ``learning_rate``), so
+    the volumes, noise model and class priors are its whole state; the resolution of the next
+    iteration follows from ``iteration``.
+
+    Attributes
+    ----------
+    iteration : int
+        Mini-batch iterations completed.
+    volumes : array of shape (K, N, N, N)
+        Current class volumes, in the SGD's class order (not yet sorted by size).
+    sigma2 : array of shape (N//2 + 1,)
+        Noise power per shell.
+    log_prior : array of shape (K,)
+        Log class priors (running class sizes).
+    resolution_schedule_A : list of float
+        Resolution of each iteration so far (Angstrom).
+    log_likelihood : list of float
+        Mean marginal log-likelihood per particle of each mini-batch so far.
+    rng_state : dict
+        State of the seeded ``PCG64`` generator (``Generator.bit_generator.state``).
+    """
+
+    iteration: int
+    volumes: Array
+    sigma2: Array
+    log_prior: Array
+    resolution_schedule_A: list[float]
+    log_likelihood: list[float]
+    rng_state: dict[str, Any]
 
 
 def mirror_volume(volume: Array) -> Array:
@@ -353,6 +392,8 @@ def ab_initio(
     class_similarity: float = 0.5,
     mask_radius_px: float | None = None,
     seed: int = 0,
+    resume: AbInitioState | None = None,
+    on_iteration: Callable[[AbInitioState], None] | None = None,
 ) -> AbInitioResult:
     """Build ``n_classes`` low-resolution volumes from particle images with unknown poses.
 
@@ -389,6 +430,12 @@ def ab_initio(
         Radius of the soft spherical mask; default 0.4 N.
     seed : int, optional
         Seed of the initial volumes and the mini-batches.
+    resume : AbInitioState, optional
+        Continue after ``resume.iteration`` from a state that ``on_iteration`` gave for the same
+        images and arguments; the result is the same as that of an uninterrupted run.
+    on_iteration : callable, optional
+        Called with the state after every iteration but the last (to save a checkpoint or
+        report progress).
 
     Returns
     -------
@@ -418,8 +465,16 @@ def ab_initio(
         raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
     if not 0 <= class_similarity < 1:
         raise ValueError(f"class_similarity must be in [0, 1), got {class_similarity}")
+    if resume is not None and not 0 < resume.iteration < n_iterations:
+        raise ValueError(
+            f"resume.iteration must be in 1..{n_iterations - 1}, got {resume.iteration}"
+        )
+    if resume is not None and resume.volumes.shape != (n_classes, n, n, n):
+        raise ValueError(
+            f"resume.volumes must have shape ({n_classes}, {n}, {n}, {n}), "
+            f"got {resume.volumes.shape}"
+        )
     xp = array_module(x)
-    rng = np.random.default_rng(seed)
     mask = soft_spherical_mask(
         (n, n, n), radius_px=0.4 * n if mask_radius_px is None else mask_radius_px, xp=xp
     )
@@ -460,31 +515,46 @@ def ab_initio(
         prob, evidence = _normalise(scores)
         return prob, evidence, spectra, transfer
 
-    # random start: each class from its own batch back-projected at random poses, low-passed
-    volumes = []
-    for _ in range(n_classes):
-        first = xp.asarray(rng.choice(b, size=batch_size, replace=False))
-        acc = new_accumulator(n, xp=xp)
-        random_poses = xp.asarray(
-            Rotation.random(batch_size, random_state=rng).as_matrix().astype(np.float32)
-        )
-        insert_slices(
-            acc, centred_spectra(x[first]), random_poses, ctf=None if ctf is None else ctf[first]
-        )
-        volumes.append(
-            low_pass(
-                volume_from_accumulator(acc) * mask,
-                resolution_A=initial_resolution_A,
-                pixel_size_A=pixel_size_A,
-            )
-        )
-    log_prior = xp.full(n_classes, -np.log(n_classes), dtype=np.float32)
     full_band = fourier_band(n, radius_shells=n // 2, xp=xp)
-    spectra0 = rfft2(x[first]).reshape(batch_size, -1)[:, full_band.index]
-    sigma2 = shell_noise_power(spectra0.real**2 + spectra0.imag**2, full_band, n_shells)
-    schedule: list[float] = []
-    log_likelihood: list[float] = []
-    for iteration in range(n_iterations):
+    if resume is None:
+        rng = np.random.default_rng(seed)
+        # random start: each class from its own batch back-projected at random poses, low-passed
+        volumes: list[Array] = []
+        for _ in range(n_classes):
+            first = xp.asarray(rng.choice(b, size=batch_size, replace=False))
+            acc = new_accumulator(n, xp=xp)
+            random_poses = xp.asarray(
+                Rotation.random(batch_size, random_state=rng).as_matrix().astype(np.float32)
+            )
+            insert_slices(
+                acc,
+                centred_spectra(x[first]),
+                random_poses,
+                ctf=None if ctf is None else ctf[first],
+            )
+            volumes.append(
+                low_pass(
+                    volume_from_accumulator(acc) * mask,
+                    resolution_A=initial_resolution_A,
+                    pixel_size_A=pixel_size_A,
+                )
+            )
+        log_prior = xp.full(n_classes, -np.log(n_classes), dtype=np.float32)
+        spectra0 = rfft2(x[first]).reshape(batch_size, -1)[:, full_band.index]
+        sigma2 = shell_noise_power(spectra0.real**2 + spectra0.imag**2, full_band, n_shells)
+        schedule: list[float] = []
+        log_likelihood: list[float] = []
+        start = 0
+    else:
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = resume.rng_state
+        volumes = list(xp.asarray(resume.volumes))
+        sigma2 = xp.asarray(resume.sigma2)
+        log_prior = xp.asarray(resume.log_prior)
+        schedule = list(resume.resolution_schedule_A)
+        log_likelihood = list(resume.log_likelihood)
+        start = resume.iteration
+    for iteration in range(start, n_iterations):
         fraction = iteration / max(n_iterations - 1, 1)
         resolution_A = float(
             initial_resolution_A * (final_resolution_A / initial_resolution_A) ** fraction
@@ -543,6 +613,18 @@ def ab_initio(
                 1e-6,
             )
         ).astype(np.float32)
+        if on_iteration is not None and iteration + 1 < n_iterations:
+            on_iteration(
+                AbInitioState(
+                    iteration=iteration + 1,
+                    volumes=xp.stack(volumes),
+                    sigma2=sigma2,
+                    log_prior=log_prior,
+                    resolution_schedule_A=list(schedule),
+                    log_likelihood=list(log_likelihood),
+                    rng_state=dict(rng.bit_generator.state),
+                )
+            )
     stack = xp.stack(volumes)
     if n_classes == 1:
         posterior = xp.ones((b, 1), dtype=np.float32)
