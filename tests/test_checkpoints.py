@@ -41,6 +41,14 @@ CLASSIFY = {
 }
 REFINE = {"refine_res_init_A": 30.0, "refine_num_final_iterations": 0}
 REFINE_INPUTS = [*PARTICLES, {"job": "truth", "output": "volume"}]
+ABINITIO = {
+    "num_classes": 2,
+    "abinit_init_res_A": 35.0,
+    "abinit_max_res_A": 16.0,
+    "abinit_num_init_iters": 1,
+    "abinit_num_final_iters": 2,
+    "abinit_minisize": 10,
+}
 
 
 class Stopped(Exception):
@@ -253,6 +261,31 @@ def test_refinement_resumed_after_iteration_2_ends_as_run_straight(project: Path
         np.testing.assert_allclose(
             b[f"alignments3D/{column}"], a[f"alignments3D/{column}"], rtol=1e-5, atol=1e-5
         )
+
+
+@pytest.mark.slow
+def test_ab_initio_resumed_after_iteration_1_ends_as_run_straight(project: Path) -> None:
+    """Two classes, so that the class priors and the final class pass depend on the state."""
+    root = project
+    run_ok(root, "abinit-a", "ab_initio", ABINITIO, PARTICLES)
+    stop_and_resume(root, "abinit-b", "ab_initio", ABINITIO, PARTICLES, iteration=1, n_iterations=3)
+    straight, resumed = (manifest(root, job)["outputs"] for job in ("abinit-a", "abinit-b"))
+    assert resumed["volume"]["summary"] == straight["volume"]["summary"]
+    for name in ("volume_class_00.mrc", "volume_class_01.mrc"):
+        np.testing.assert_allclose(
+            read_mrc(root / "abinit-b" / name)[0],
+            read_mrc(root / "abinit-a" / name)[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    a, b = (load_cs(root / job / "particles.cs") for job in ("abinit-a", "abinit-b"))
+    np.testing.assert_array_equal(b["alignments3D/class"], a["alignments3D/class"])
+    np.testing.assert_allclose(
+        b["alignments3D/class_posterior"], a["alignments3D/class_posterior"], rtol=1e-5, atol=1e-6
+    )
+    for group in ("particles", "volume"):
+        paths = [f["path"] for f in resumed[group]["files"]]
+        assert not any("checkpoints" in p for p in paths), paths
 
 
 # -- the checkpoint file itself ------------------------------------------------------------

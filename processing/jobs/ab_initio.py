@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Self, cast
 import numpy as np
 from pydantic import model_validator
 
+from ._checkpoint import Checkpoint
 from ._particles import (
     NYQUIST_PX,
     load_images,
@@ -66,11 +67,16 @@ def run(ctx: JobContext) -> None:
     per class in that order, so a refinement fed with it starts from the largest class. The
     hand of the maps is unknown unless a map of known hand is connected to
     ``inputs.reference``: each map is then mirrored if its mirror image fits the reference
-    better (:func:`~cryokube.processing.algorithms.abinitio.compare_hands`). The SGD runs in
-    one call (no per-iteration hook), so a retried pod starts it again with the same seed and
-    result.
+    better (:func:`~cryokube.processing.algorithms.abinitio.compare_hands`). The SGD state is
+    checkpointed after its mini-batches (:mod:`._checkpoint`), so a retried pod resumes where
+    its predecessor stopped and writes the same outputs as an uninterrupted run.
     """
-    from cryokube.processing.algorithms.abinitio import ab_initio, compare_hands, mirror_volume
+    from cryokube.processing.algorithms.abinitio import (
+        AbInitioState,
+        ab_initio,
+        compare_hands,
+        mirror_volume,
+    )
     from cryokube.processing.algorithms.symmetry import symmetry_group
     from cryokube.processing.backend import to_device, to_host
 
@@ -108,10 +114,10 @@ def run(ctx: JobContext) -> None:
                 f"not match the particles' {box} px at {pixel_size_A:.4g} A/px"
             )
     n_iterations = p.abinit_num_init_iters + p.abinit_num_final_iters
-    ctx.progress(
-        0.1,
+    checkpoint = Checkpoint(ctx, AbInitioState, n_iterations=n_iterations)
+    resume = checkpoint.start(
         f"SGD of {p.num_classes} class(es) over {n_iterations} mini-batches of "
-        f"{p.abinit_minisize} particles",
+        f"{p.abinit_minisize} particles"
     )
     result = ab_initio(
         to_device(images, ctx.device),
@@ -122,6 +128,8 @@ def run(ctx: JobContext) -> None:
         batch_size=p.abinit_minisize,
         initial_resolution_A=p.abinit_init_res_A,
         final_resolution_A=final_res_A,
+        resume=resume,
+        on_iteration=checkpoint.after,
     )
     resolution_A = float(result.resolution_schedule_A[-1])
     maps = [to_host(volume) for volume in result.volumes]
@@ -175,6 +183,7 @@ def run(ctx: JobContext) -> None:
         n_items=len(assigned),
         summary={"particles": len(assigned), "class_sizes": class_sizes},
     )
+    checkpoint.remove()
     ctx.log(
         f"{p.num_classes} initial map(s) from {len(particles)} particles (class sizes "
         f"{class_sizes}), low-passed to {resolution_A:.1f} A"
