@@ -1,7 +1,9 @@
-"""Iteration checkpoints of the long jobs (2D classification, refinement): a retried pod resumes.
+"""Iteration checkpoints of the long jobs (2D classification, ab-initio, refinement).
 
-After an iteration the job hands its algorithm's state (a frozen dataclass of arrays, numbers,
-lists and the generator state: :class:`~cryokube.processing.algorithms.class2d.Class2DState`,
+A retried pod resumes. After an iteration the job hands its algorithm's state (a frozen
+dataclass of arrays, numbers, lists and the generator state:
+:class:`~cryokube.processing.algorithms.class2d.Class2DState`,
+:class:`~cryokube.processing.algorithms.abinitio.AbInitioState`,
 :class:`~cryokube.processing.algorithms.refine.RefinementState`) to :meth:`Checkpoint.after`,
 which reports progress and, at most every :attr:`JobContext.checkpoint_interval_s
 <cryokube.processing.worker.context.JobContext.checkpoint_interval_s>`, saves the state as one
