@@ -46,8 +46,16 @@ def job_peers(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, Pee
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_SELECTOR)
 def child_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    """Index our child batch Jobs by ``(namespace, parent name)``."""
-    return {(namespace, labels[JOB_LABEL]): copy.deepcopy(dict(body))}
+    """Index our child batch Jobs by ``(namespace, parent name)``.
+
+    Only what :func:`~cryokube.operator.status.plan_job` reads is kept (``spec.suspend`` and the
+    status): the pod template of every child would otherwise stay in memory (a 1,000-Job run
+    held about 1 GB).
+    """
+    spec = {"suspend": body.spec["suspend"]} if "suspend" in body.spec else {}
+    return {
+        (namespace, labels[JOB_LABEL]): {"spec": spec, "status": copy.deepcopy(dict(body.status))}
+    }
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_SELECTOR)
