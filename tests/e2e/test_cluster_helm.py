@@ -46,5 +46,32 @@ def test_helm_install_passes_server_side_validation(cluster: Cluster) -> None:
             )["items"]
         }
         assert {"NetworkPolicy", "ServiceAccount", "Service", "Ingress"} <= kinds
+        assert _metadata_service_may(cluster) == {"create jobs.cryokube.io"}
     finally:
         cluster.helm("uninstall", "cryokube", "-n", NAMESPACE, "--wait", "--timeout", "120s")
+
+
+def _metadata_service_may(cluster: Cluster) -> set[str]:
+    """What the API server's authorizer lets the metadata service's ServiceAccount do in a lab
+    namespace, among the verbs a console could be tempted to use (``kubectl auth can-i``)."""
+    account = f"system:serviceaccount:{NAMESPACE}:cryokube-metadata"
+    asked = [
+        f"{verb} {resource}"
+        for resource in (
+            "jobs.cryokube.io",
+            "projects.cryokube.io",
+            "jobs.batch",
+            "pods",
+            "secrets",
+        )
+        for verb in ("create", "get", "list", "delete", "patch")
+    ]
+    allowed = set()
+    for question in asked:
+        verb, resource = question.split()
+        answer = cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", "lab-a", "--as", account, check=False
+        )
+        if answer.stdout.strip() == "yes":
+            allowed.add(question)
+    return allowed
