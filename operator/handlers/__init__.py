@@ -24,21 +24,19 @@ async def run(
     *,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
-    namespaces: tuple[str, ...] = (),
 ) -> None:
     """Run the operator until ``stop_flag`` is set.
 
     Parameters
     ----------
     config : OperatorConfig
-        Where the API server is, the metadata service, the metrics port.
+        Where the API server is, the metadata service, the metrics port, the namespaces served
+        (``watch_namespaces``; empty: the whole cluster).
     stop_flag : asyncio.Event or threading.Event, optional
         Set it to stop the operator gracefully (a ``threading.Event`` from another thread);
         without one, SIGTERM or SIGINT stops it (main thread only).
     ready_flag : asyncio.Event or threading.Event, optional
         Set by kopf once the watches are started.
-    namespaces : tuple of str, optional
-        Namespaces (globs) to serve; empty: the whole cluster.
 
     Notes
     -----
@@ -50,8 +48,8 @@ async def run(
         registry=kopf.get_default_registry(),
         # One replica (Deployment strategy Recreate): peering would only add API traffic.
         standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
+        clusterwide=not config.watch_namespaces,
+        namespaces=config.watch_namespaces,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
         memo=kopf.Memo(config=config),

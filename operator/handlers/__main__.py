@@ -11,5 +11,4 @@ import asyncio
 from . import OperatorConfig, run
 
 if __name__ == "__main__":
-    config = OperatorConfig.from_env()
-    asyncio.run(run(config, namespaces=config.watch_namespaces))
+    asyncio.run(run(OperatorConfig.from_env()))
