@@ -92,6 +92,13 @@ PVC_SCHEME = "pvc://"
 """Scheme of a project root on a PersistentVolumeClaim: ``pvc://<namespace>/<claim>/<subPath>``."""
 
 
+def split_pvc_root(root: str) -> tuple[str, str, str]:
+    """``(namespace, claim, subPath)`` of a ``pvc://`` root made by :func:`storage_root`."""
+    namespace, _, rest = root.removeprefix(PVC_SCHEME).partition("/")
+    claim, _, sub_path = rest.partition("/")
+    return namespace, claim, sub_path
+
+
 def storage_root(project: ProjectResource) -> str | None:
     """The project's storage root as the metadata service records it, or None.
 

@@ -46,10 +46,10 @@ from cryokube.processing.storage import (
     StorageError,
     confine_path,
 )
-from cryokube.processing.storage.s3 import make_client
+from cryokube.processing.storage.s3 import S3_SCHEME, make_client, split_s3_root
 from cryokube.processing.worker.manifest import MANIFEST_NAME, GroupEntry, JobManifest
 
-from ..registration import PVC_SCHEME
+from ..registration import PVC_SCHEME, split_pvc_root
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -102,15 +102,14 @@ class StorageOpener:
     def open(self, root: str) -> Storage:
         """The storage of ``root``; ``ValueError`` naming it when it is none of the forms,
         ``StorageError`` when its claim is not mounted here."""
-        if root.startswith("s3://"):
-            bucket, _, prefix = root.removeprefix("s3://").partition("/")
+        if root.startswith(S3_SCHEME):
+            bucket, prefix = split_s3_root(root)
             with self._lock:
                 if self._client is None:
                     self._client = make_client(endpoint_url=self._endpoint_url)
             return S3Storage(self._client, bucket, prefix)
         if root.startswith(PVC_SCHEME):
-            namespace, _, rest = root.removeprefix(PVC_SCHEME).partition("/")
-            claim, _, sub_path = rest.partition("/")
+            namespace, claim, sub_path = split_pvc_root(root)
             mount = self._pvc_mounts.get(f"{namespace}/{claim}")
             if mount is None:
                 raise StorageError(

@@ -23,6 +23,16 @@ CHUNK_BYTES = 8 * 1024 * 1024
 SHA256_METADATA_KEY = "sha256"
 
 
+S3_SCHEME = "s3://"
+"""Scheme of a project root in a bucket: ``s3://<bucket>/<prefix>``."""
+
+
+def split_s3_root(root: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of an ``s3://bucket/prefix`` root (prefix may be empty)."""
+    bucket, _, prefix = root.removeprefix(S3_SCHEME).partition("/")
+    return bucket, prefix
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -29,7 +29,7 @@ from cryokube.processing.storage import (
     StorageError,
     StoragePathError,
 )
-from cryokube.processing.storage.s3 import make_client
+from cryokube.processing.storage.s3 import S3_SCHEME, make_client, split_s3_root
 from cryokube.processing.worker.context import JobContext, JobInputError, ResolvedInput, scratch_dir
 from cryokube.processing.worker.manifest import MANIFEST_NAME, FileEntry, JobManifest, merge_shards
 from cryokube.processing.worker.reporter import PermanentReportError, Reporter
@@ -55,8 +55,8 @@ FLUSH_TIMEOUT_S = 120.0
 def open_storage(settings: WorkerSettings) -> Storage:
     """The project root named by ``CRYOKUBE_STORAGE_ROOT`` (a folder or ``s3://bucket/prefix``)."""
     root = settings.storage_root
-    if root.startswith("s3://"):
-        bucket, _, prefix = root[len("s3://") :].partition("/")
+    if root.startswith(S3_SCHEME):
+        bucket, prefix = split_s3_root(root)
         cache = (
             LocalCache(settings.cache_dir, quota_bytes=settings.cache_quota_bytes)
             if settings.cache_dir
