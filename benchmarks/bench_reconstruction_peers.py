@@ -45,7 +45,13 @@ from typing import Any
 import numpy as np
 import peers
 from bench_preprocessing import _timed
-from bench_reconstruction import _ctf, class2d_particles, class_purity, refine_particles
+from bench_reconstruction import (
+    _ctf,
+    class2d_particles,
+    class_purity,
+    median_pose_error_deg,
+    refine_particles,
+)
 from cryokube.processing.algorithms.class2d import classify_2d
 from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold
 from cryokube.processing.algorithms.reconstruction import reconstruct
@@ -267,13 +273,6 @@ def class2d_peers(_machine: dict[str, float]) -> list[Record]:
     ]
 
 
-def _median_pose_error_deg(rotations: np.ndarray, truth: np.ndarray) -> float:
-    """Median angle (deg) of the rotations taking the found poses to the true ones."""
-    relative = np.einsum("nij,nkj->nik", rotations.astype(np.float64), truth)
-    cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1) / 2, -1, 1)
-    return float(np.median(np.degrees(np.arccos(cos))))
-
-
 @benchmark("recon_peers_refine")
 def refine_peers(_machine: dict[str, float]) -> list[Record]:
     box, n_particles, iterations = 48, 400, 3
@@ -302,8 +301,8 @@ def refine_peers(_machine: dict[str, float]) -> list[Record]:
         )
     )
     first_s = marks[0][0] - start
-    first_error = _median_pose_error_deg(marks[0][1], truth.rotations)
-    error_deg = _median_pose_error_deg(np.asarray(result.rotations), truth.rotations)
+    first_error = median_pose_error_deg(marks[0][1], truth.rotations)
+    error_deg = median_pose_error_deg(np.asarray(result.rotations), truth.rotations)
     ours_A = _resolution_A(np.asarray(result.full_map), volume, pixel_size_A)
     with tempfile.TemporaryDirectory(prefix="cryokube-bench-") as tmp:
         folder = Path(tmp)
@@ -337,7 +336,7 @@ def refine_peers(_machine: dict[str, float]) -> list[Record]:
             [np.asarray(table[f"rlnAngle{a}"], dtype=np.float64) for a in ("Rot", "Tilt", "Psi")],
             axis=1,
         )
-        peer_error = _median_pose_error_deg(euler_to_matrix(angles), truth.rotations)
+        peer_error = median_pose_error_deg(euler_to_matrix(angles), truth.rotations)
         extra |= {
             "peer_seconds": peer.seconds,
             "peer_particles_per_s_per_iteration": n_particles
