@@ -184,6 +184,17 @@ def publish_volumes(
     return files, ctx.save_dataset(dataset, dataset_name)
 
 
+def check_volume_matches(
+    slot: str, volume: Any, volume_psize_A: float, box: int, pixel_size_A: float
+) -> None:
+    """``JobInputError`` naming ``inputs.<slot>`` unless the map has the particles' box and pixel size."""
+    if volume.shape != (box, box, box) or not np.isclose(volume_psize_A, pixel_size_A, rtol=1e-3):
+        raise JobInputError(
+            f"inputs.{slot}: {volume.shape[0]} px at {volume_psize_A:.4g} A/px does not "
+            f"match the particles' {box} px at {pixel_size_A:.4g} A/px"
+        )
+
+
 def load_volume(ctx: JobContext, slot: str, prefix: str) -> tuple[npt.NDArray[np.float32], float]:
     """The volume (N, N, N) float32 and its pixel size (A) connected to ``slot``."""
     from cryokube.processing.io.errors import InputFileError

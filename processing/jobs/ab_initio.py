@@ -16,6 +16,7 @@ from pydantic import model_validator
 from ._checkpoint import Checkpoint
 from ._particles import (
     NYQUIST_PX,
+    check_volume_matches,
     load_images,
     load_volume,
     particle_ctf,
@@ -106,13 +107,7 @@ def run(ctx: JobContext) -> None:
     reference = None
     if ctx.input("reference"):
         reference, reference_psize_A = load_volume(ctx, "reference", "map")
-        if reference.shape != (box, box, box) or not np.isclose(
-            reference_psize_A, pixel_size_A, rtol=1e-3
-        ):
-            raise JobInputError(
-                f"inputs.reference: {reference.shape[0]} px at {reference_psize_A:.4g} A/px does "
-                f"not match the particles' {box} px at {pixel_size_A:.4g} A/px"
-            )
+        check_volume_matches("reference", reference, reference_psize_A, box, pixel_size_A)
     n_iterations = p.abinit_num_init_iters + p.abinit_num_final_iters
     checkpoint = Checkpoint(ctx, AbInitioState, n_iterations=n_iterations)
     resume = checkpoint.start(

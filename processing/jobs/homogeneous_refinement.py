@@ -18,6 +18,7 @@ import numpy as np
 from ._checkpoint import Checkpoint
 from ._items import publish_array
 from ._particles import (
+    check_volume_matches,
     load_images,
     load_volume,
     particle_ctf,
@@ -130,13 +131,7 @@ def run(ctx: JobContext) -> None:
         mask, _ = load_volume(ctx, "mask", "mask")
     images = load_images(ctx, particles, "particles")
     box = int(images.shape[-1])
-    if reference.shape != (box, box, box) or not np.isclose(
-        reference_psize_A, pixel_size_A, rtol=1e-3
-    ):
-        raise JobInputError(
-            f"inputs.volume: {reference.shape[0]} px at {reference_psize_A:.4g} A/px does not "
-            f"match the particles' {box} px at {pixel_size_A:.4g} A/px"
-        )
+    check_volume_matches("volume", reference, reference_psize_A, box, pixel_size_A)
     if mask is not None and mask.shape != reference.shape:
         raise JobInputError(f"inputs.mask: shape {mask.shape} differs from the map's")
     n_iterations = BASE_ITERATIONS + p.refine_num_final_iterations
