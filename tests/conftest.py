@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,10 @@ from typing import Any
 
 import pytest
 from support import k8s, servers
+
+# The operator's re-check timer interval is read when cryokube.operator.handlers is first
+# imported, and several test modules import it while they are collected: set it before them.
+os.environ.setdefault("CRYOKUBE_RECHECK_INTERVAL_S", "0.3")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import os
 import threading
 import uuid
 import warnings
@@ -193,9 +192,10 @@ class RunningOperator:
     """The operator in its own thread and event loop, as in a pod (see ``handlers.run``)."""
 
     def __init__(self, emulator: Any) -> None:
-        # The re-check timer interval is read when the handlers are imported: keep it short.
-        os.environ.setdefault("CRYOKUBE_RECHECK_INTERVAL_S", "0.3")
         handlers = importlib.import_module("cryokube.operator.handlers")
+        # conftest sets the interval before any module imports the handlers; waits below rely on it.
+        interval_s = handlers.jobs.RECHECK_INTERVAL_S
+        assert interval_s < WAIT_S / 10, f"re-check timer every {interval_s} s: imported too early"
         config = handlers.OperatorConfig(kube_host=str(emulator.url).rstrip("/"), metrics_port=0)
         self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
         self.thread = threading.Thread(
