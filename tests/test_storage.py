@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from cryokube.processing.storage import (
     StoragePathError,
     confine_key,
 )
+from support import servers
 
 
 @pytest.mark.parametrize(
@@ -121,6 +125,89 @@ def test_s3_detects_corrupt_object_and_confines_keys(s3_client: Any, s3_bucket: 
         store.write_bytes("../other-project/x", b"x")
     with pytest.raises(StorageError, match="no such object"), store.local_copy("missing.bin"):
         pass
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket_or_object_is_a_storage_error_naming_the_url(
+    s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Every call fails with StorageError naming the s3:// URL, never a raw botocore error."""
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"a")
+    gone = S3Storage(s3_client, f"{s3_bucket}-gone", "p")
+    url = re.escape(f"s3://{s3_bucket}-gone/p/")
+    calls = [
+        lambda: gone.write_bytes("x/a.bin", b"a"),
+        lambda: gone.put_file(local, "x/a.bin"),
+        lambda: gone.list("x"),
+        lambda: gone.delete("x/a.bin"),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match=f"^{url}x(/a\\.bin)?: no such bucket$"):
+            call()
+    store = S3Storage(s3_client, s3_bucket, "p")
+    s3_client.put_object(Bucket=s3_bucket, Key="p/a.bin", Body=b"a")
+    s3_client.delete_object(Bucket=s3_bucket, Key="p/a.bin")
+    with pytest.raises(StorageError, match=f"^s3://{s3_bucket}/p/a\\.bin: no such object$"):
+        store.read_bytes("a.bin")
+    # the object goes between the HEAD and the GET: the download's own 404
+    with pytest.raises(StorageError, match=f"^s3://{s3_bucket}/p/a\\.bin: no such object$"):
+        store._download("a.bin", None, tmp_path / "b.bin")
+
+
+@pytest.fixture
+def s3_denied(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """A bucket holding ``p/a.bin`` on a moto server of its own that enforces IAM, and a client
+    of a user with no policy (the shared server stays open)."""
+    import boto3
+
+    with servers.s3_server(tmp_path / "moto-auth") as server:
+
+        def client(service: str, key_id: str = "testing", secret: str = "testing") -> Any:
+            return boto3.client(
+                service,
+                endpoint_url=server.endpoint_url,
+                region_name="us-east-1",
+                aws_access_key_id=key_id,
+                aws_secret_access_key=secret,
+            )
+
+        client("s3").create_bucket(Bucket="locked")
+        client("s3").put_object(Bucket="locked", Key="p/a.bin", Body=b"a")
+        iam = client("iam")
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        request = urllib.request.Request(
+            f"{server.endpoint_url}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 200
+        yield client("s3", key["AccessKeyId"], key["SecretAccessKey"]), "locked"
+
+
+@pytest.mark.s3
+def test_s3_denied_access_is_a_storage_error_naming_the_url(
+    s3_denied: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, bucket = s3_denied
+    store = S3Storage(client, bucket, "p")
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"a")
+    calls = [
+        store.exists,
+        store.read_bytes,
+        lambda key: store.write_bytes(key, b"b"),
+        lambda key: store.put_file(local, key),
+        store.delete,
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match=r"^s3://locked/p/a\.bin: access denied \("):
+            call("a.bin")
+    with pytest.raises(StorageError, match=r"^s3://locked/p/x: access denied \("):
+        store.list("x")
 
 
 def _fill(n: int) -> Any:

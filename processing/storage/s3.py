@@ -3,7 +3,8 @@
 Uploads stream in parts (multipart above ``multipart_threshold_bytes``) with a SHA-256 of the
 whole file stored in the object's metadata; downloads verify it. boto3's adaptive retry mode
 retries throttling and transient errors. Each PUT is atomic in S3: readers never see a partial
-object.
+object. Every call that fails raises :class:`StorageError` naming the object's ``s3://`` URL and
+the reason (no such bucket, no such object, access denied, or S3's own code and message).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from cryokube.processing.storage.paths import confine_key
 
 CHUNK_BYTES = 8 * 1024 * 1024
 SHA256_METADATA_KEY = "sha256"
+MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+"""Error codes of a missing object (a HEAD answers a bare 404, without a body)."""
 
 
 S3_SCHEME = "s3://"
@@ -103,15 +106,30 @@ class S3Storage:
         clean = confine_key(key, allow_root=allow_root)
         return "/".join(p for p in (self.prefix, clean) if p)
 
+    def _url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key, allow_root=True)}"
+
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Raise boto3's errors about ``key`` as :class:`StorageError` naming its URL."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise StorageError(f"{self._url(key)}: {_reason(exc)}") from exc
+
     def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
-        try:
-            return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise StorageError(f"{self.namespace}/{key}: {exc}") from exc
+        with self._errors(key):
+            try:
+                return dict(self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                    return None
+                raise
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
@@ -122,8 +140,9 @@ class S3Storage:
         strip = f"{self.prefix}/" if self.prefix else ""
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(obj["Key"][len(strip) :] for obj in page.get("Contents", []))
+        with self._errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(obj["Key"][len(strip) :] for obj in page.get("Contents", []))
         return sorted(keys)
 
     def read_bytes(self, key: str) -> bytes:
@@ -132,34 +151,37 @@ class S3Storage:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=self._key(key),
-            Body=data,
-            Metadata={SHA256_METADATA_KEY: digest},
-        )
+        with self._errors(key):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                Metadata={SHA256_METADATA_KEY: digest},
+            )
 
     def put_file(self, local_path: Path, key: str) -> None:
         digest = sha256_file(Path(local_path))
-        self.client.upload_file(
-            str(local_path),
-            self.bucket,
-            self._key(key),
-            ExtraArgs={"Metadata": {SHA256_METADATA_KEY: digest}},
-            Config=self.transfer,
-        )
+        with self._errors(key):
+            self.client.upload_file(
+                str(local_path),
+                self.bucket,
+                self._key(key),
+                ExtraArgs={"Metadata": {SHA256_METADATA_KEY: digest}},
+                Config=self.transfer,
+            )
 
     def _download(self, key: str, expected_sha256: str | None, dest: Path) -> None:
-        self.client.download_file(self.bucket, self._key(key), str(dest), Config=self.transfer)
+        with self._errors(key):
+            self.client.download_file(self.bucket, self._key(key), str(dest), Config=self.transfer)
         if expected_sha256 and sha256_file(dest) != expected_sha256:
-            msg = f"{self.namespace}/{key}: checksum mismatch after download (corrupt transfer)"
+            msg = f"{self._url(key)}: checksum mismatch after download (corrupt transfer)"
             raise StorageError(msg)
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         head = self._head(key)
         if head is None:
-            raise StorageError(f"{self.namespace}/{key}: no such object")
+            raise StorageError(f"{self._url(key)}: no such object")
         expected = head.get("Metadata", {}).get(SHA256_METADATA_KEY)
         size = int(head["ContentLength"])
         if self.cache is not None:
@@ -179,4 +201,29 @@ class S3Storage:
             yield dest
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def _reason(exc: Exception) -> str:
+    """Why an S3 call failed, in words, from the ClientError's code and HTTP status.
+
+    ``upload_file`` raises ``S3UploadFailedError`` while handling the ClientError, so the
+    ClientError is looked for in the exception's context too.
+    """
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        if not isinstance(exc.__context__, ClientError):
+            return f"{type(exc).__name__}: {exc}"
+        exc = exc.__context__
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "NoSuchBucket":
+        return "no such bucket"
+    if code in MISSING_CODES:
+        return "no such object"
+    if code == "AccessDenied" or status == 403:
+        return f"access denied ({code})"
+    return f"{code}: {error.get('Message') or exc}"
