@@ -82,3 +82,40 @@ imagePullSecrets:
 {{- $name := include "cryokube.componentName" (dict "root" . "component" "mongodb") }}
 {{- printf "%s-0.%s.%s.svc" $name $name .Release.Namespace }}
 {{- end }}
+
+{{/*
+A Role (namespace given) or ClusterRole (no namespace) bound to the release's ServiceAccount of
+the same name; call with (dict "root" $ "kind" "Role" "name" $name "namespace" $ns
+"labels" $labels "rules" $rules), "rules" being a YAML list as text.
+*/}}
+{{- define "cryokube.roleAndBinding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ .kind }}
+metadata:
+  name: {{ .name }}
+  {{- with .namespace }}
+  namespace: {{ . }}
+  {{- end }}
+  labels:
+    {{- .labels | nindent 4 }}
+rules:
+  {{- .rules | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ .kind }}Binding
+metadata:
+  name: {{ .name }}
+  {{- with .namespace }}
+  namespace: {{ . }}
+  {{- end }}
+  labels:
+    {{- .labels | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ .kind }}
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .name }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end }}
