@@ -10,6 +10,9 @@ seconds.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ from cryokube.processing.storage import PosixStorage
 from cryokube.processing.worker.context import JobContext, ResolvedInput, scratch_dir
 from cryokube.processing.worker.manifest import JobManifest
 from cryokube.processing.worker.reporter import Reporter
-from cryokube.processing.worker.runtime import resolve_inputs
-from cryokube.processing.worker.settings import WorkerSettings
+from cryokube.processing.worker.runtime import EXIT_TRANSIENT, resolve_inputs
+from cryokube.processing.worker.settings import SettingsError, WorkerSettings, settings_from_env
 from test_jobs_reconstruction import BOX_PX, PIXEL_SIZE_A, manifest, run_ok, write_stacks
 from test_worker_runtime import run_worker
 
@@ -288,6 +291,45 @@ def test_ab_initio_resumed_after_iteration_1_ends_as_run_straight(project: Path)
         assert not any("checkpoints" in p for p in paths), paths
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("interval_s", "saved"), [("0", True), ("3600", False)])
+def test_the_worker_reads_the_checkpoint_interval_from_the_environment(
+    project: Path, interval_s: str, saved: bool
+) -> None:
+    """A worker whose publishing fails (a folder in the way of its class averages) keeps the
+    checkpoint of its last iteration with CRYOKUBE_CHECKPOINT_INTERVAL_S=0, and has written
+    none an hour apart."""
+    job = f"classes-every-{interval_s}s"
+    (project / job / "class_averages.mrcs").mkdir(parents=True)
+    result = run_worker(
+        project, job, "classify_2d", CLASSIFY, PARTICLES, CRYOKUBE_CHECKPOINT_INTERVAL_S=interval_s
+    )
+    assert result.returncode == EXIT_TRANSIENT, result.stderr[-3000:]
+    checkpoint = project / job / CHECKPOINT_NAME
+    assert checkpoint.is_file() is saved
+    if saved:
+        with np.load(checkpoint) as npz:
+            meta = json.loads(npz["__checkpoint__"].tobytes())
+        assert meta["values"]["iteration"] == 5  # of 6: the last one is never saved
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_bad_checkpoint_interval_names_the_variable(value: str) -> None:
+    env = {
+        "CRYOKUBE_PROJECT": "p",
+        "CRYOKUBE_JOB": "classes",
+        "CRYOKUBE_JOB_UID": "uid-classes",
+        "CRYOKUBE_JOB_TYPE": "classify_2d",
+        "CRYOKUBE_STORAGE_ROOT": "/data",
+    }
+    assert settings_from_env(env).checkpoint_interval_s == 60.0
+    assert settings_from_env(
+        {**env, "CRYOKUBE_CHECKPOINT_INTERVAL_S": "0.5"}
+    ).checkpoint_interval_s == pytest.approx(0.5)
+    with pytest.raises(SettingsError, match=r"^CRYOKUBE_CHECKPOINT_INTERVAL_S: "):
+        settings_from_env({**env, "CRYOKUBE_CHECKPOINT_INTERVAL_S": value})
+
+
 # -- the checkpoint file itself ------------------------------------------------------------
 
 
@@ -410,3 +452,35 @@ def test_a_damaged_checkpoint_is_ignored_and_logged(tmp_path: Path, damage: Any)
     assert checkpoint.load() is None
     [warning] = warnings_of(ctx)
     assert "it is unreadable" in warning, warning
+
+
+def kill_while_writing(path: Path) -> None:
+    """Start an atomic write of ``path`` in a process that is killed before it publishes."""
+    code = (
+        "import os, signal, sys\n"
+        "from cryokube.processing.io.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half a checkpoint')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=path.parent, check=False)
+    assert result.returncode == -signal.SIGKILL
+
+
+def test_the_next_start_removes_a_killed_save_and_resumes(tmp_path: Path) -> None:
+    """A worker killed while saving leaves a temporary beside the checkpoint; the next start
+    removes it (and no other file's) and resumes from the checkpoint saved before."""
+    ctx = context(tmp_path, CLASSIFY)
+    Checkpoint(ctx, Class2DState, n_iterations=6).save(state(2))
+    folder = (tmp_path / "classes" / CHECKPOINT_NAME).parent
+    kill_while_writing(folder / "iteration.npz")
+    kill_while_writing(folder / "other.npz")
+    stale, other = (
+        [p.name for p in folder.glob(f".{name}.*.tmp")] for name in ("iteration.npz", "other.npz")
+    )
+    assert len(stale) == 1
+    assert len(other) == 1
+    resumed = Checkpoint(ctx, Class2DState, n_iterations=6).start("classifying")
+    assert resumed is not None
+    assert resumed.iteration == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["iteration.npz", *other])

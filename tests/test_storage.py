@@ -141,6 +141,7 @@ def test_s3_missing_bucket_or_object_is_a_storage_error_naming_the_url(
         lambda: gone.put_file(local, "x/a.bin"),
         lambda: gone.list("x"),
         lambda: gone.delete("x/a.bin"),
+        lambda: gone.discard_partial("x/a.bin"),
     ]
     for call in calls:
         with pytest.raises(StorageError, match=f"^{url}x(/a\\.bin)?: no such bucket$"):
@@ -153,6 +154,23 @@ def test_s3_missing_bucket_or_object_is_a_storage_error_naming_the_url(
     # the object goes between the HEAD and the GET: the download's own 404
     with pytest.raises(StorageError, match=f"^s3://{s3_bucket}/p/a\\.bin: no such object$"):
         store._download("a.bin", None, tmp_path / "b.bin")
+
+
+@pytest.mark.s3
+def test_s3_discard_partial_aborts_the_key_s_incomplete_uploads(
+    s3_client: Any, s3_bucket: str
+) -> None:
+    """A writer killed during a multipart upload leaves parts that S3 keeps (and bills)."""
+    store = S3Storage(s3_client, s3_bucket, "p")
+    for key in ("p/job/checkpoints/iteration.npz", "p/job/checkpoints/iteration.npz.old"):
+        upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        s3_client.upload_part(
+            Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 100
+        )
+    store.discard_partial("job/checkpoints/iteration.npz")
+    left = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["p/job/checkpoints/iteration.npz.old"]
+    assert store.list() == []
 
 
 @pytest.fixture

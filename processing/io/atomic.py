@@ -16,6 +16,22 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
+def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files :func:`atomic_path` left beside ``path`` (a killed writer's)."""
+    target = Path(path)
+    prefix = f".{target.name}."
+    if not target.parent.is_dir():
+        return []
+    return sorted(
+        tmp
+        for tmp in target.parent.iterdir()
+        if tmp.name.startswith(prefix)
+        and tmp.name.endswith(TEMP_SUFFIX)
+        # mkstemp's random part has no dot: ".a.npz.x1y2.tmp" is not a temporary of "a"
+        and "." not in tmp.name[len(prefix) : -len(TEMP_SUFFIX)]
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.

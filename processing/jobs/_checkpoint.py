@@ -110,7 +110,12 @@ class Checkpoint(Generic[S]):
         return start + (end - start) * iteration / self.n_iterations
 
     def start(self, message: str) -> S | None:
-        """The state to resume from, or None; reports progress where the run starts."""
+        """The state to resume from, or None; reports progress where the run starts.
+
+        First removes what a predecessor killed while saving left behind (a temporary file
+        beside the checkpoint, or an incomplete multipart upload).
+        """
+        self.ctx.storage.discard_partial(self.key)
         state = self.load()
         self._saved_at = time.monotonic()
         if state is None:

@@ -51,6 +51,13 @@ class Storage(Protocol):
         """Remove the object at ``key`` (no error if it is absent)."""
         ...
 
+    def discard_partial(self, key: str) -> None:
+        """Remove what an interrupted write of ``key`` left behind (the object itself stays).
+
+        Only while no other writer of ``key`` runs, such as a retried pod at its start.
+        """
+        ...
+
 
 @contextlib.contextmanager
 def as_context(path: Path) -> Iterator[Path]:

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cryokube.processing.io.atomic import atomic_path, is_temporary
+from cryokube.processing.io.atomic import atomic_path, is_temporary, temporaries_of
 from cryokube.processing.storage.base import StorageError, as_context
 from cryokube.processing.storage.paths import confine_path
 
@@ -80,3 +80,8 @@ class PosixStorage:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def discard_partial(self, key: str) -> None:
+        """Remove the temporary files of a killed atomic write beside ``key``."""
+        for tmp in temporaries_of(self.path(key)):
+            tmp.unlink(missing_ok=True)

@@ -204,6 +204,18 @@ class S3Storage:
         with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def discard_partial(self, key: str) -> None:
+        """Abort the incomplete multipart uploads of ``key``: S3 keeps (and bills) their parts."""
+        full = self._key(key)
+        with self._errors(key):
+            pages = self.client.get_paginator("list_multipart_uploads")
+            for page in pages.paginate(Bucket=self.bucket, Prefix=full):
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] == full:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=full, UploadId=upload["UploadId"]
+                        )
+
 
 def _reason(exc: Exception) -> str:
     """Why an S3 call failed, in words, from the ClientError's code and HTTP status.

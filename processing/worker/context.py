@@ -75,7 +75,8 @@ class JobContext:
         A private local folder, removed after the run.
     checkpoint_interval_s : float
         Least time between two iteration checkpoints of a long job (0: after every
-        iteration); a retried pod redoes at most this much work plus one iteration.
+        iteration); a retried pod redoes at most this much work plus one iteration. The
+        worker sets it from ``CRYOKUBE_CHECKPOINT_INTERVAL_S``.
     """
 
     job_type: JobType

@@ -207,6 +207,7 @@ def _run(
             shard_index=settings.shard_index,
             shards=settings.shards,
             device=device,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
         )
         try:
             job_type.run(ctx)

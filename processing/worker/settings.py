@@ -5,7 +5,10 @@ The contract is the env list built by ``cryokube.operator.manifests.build_child_
 ``CRYOKUBE_PARAMS`` (JSON object), ``CRYOKUBE_INPUTS`` (JSON list of ``{job, output}``),
 ``CRYOKUBE_SHARDS`` with Kubernetes' ``JOB_COMPLETION_INDEX``, ``CRYOKUBE_STORAGE_ROOT`` (a folder
 or ``s3://bucket/prefix``), ``CRYOKUBE_CACHE_DIR``, ``CRYOKUBE_METADATA_URL`` and
-``CRYOKUBE_JOB_TOKEN``; ``CRYOKUBE_DEVICE`` (``auto``, ``cpu`` or ``gpu``) overrides the device.
+``CRYOKUBE_JOB_TOKEN``; ``CRYOKUBE_DEVICE`` (``auto``, ``cpu`` or ``gpu``) overrides the device,
+and ``CRYOKUBE_CHECKPOINT_INTERVAL_S`` (seconds, default 60; 0: after every iteration) sets the
+least time between two iteration checkpoints of a long job (2D classification, ab-initio,
+refinement): a retried pod redoes at most that much work plus one iteration.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class WorkerSettings(BaseModel):
     metadata_url: str | None = None
     job_token: str | None = None
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    checkpoint_interval_s: float = Field(default=60.0, ge=0.0, allow_inf_nan=False)
 
     @field_validator("job_type")
     @classmethod
@@ -76,6 +80,7 @@ ENV = {
     "metadata_url": "CRYOKUBE_METADATA_URL",
     "job_token": "CRYOKUBE_JOB_TOKEN",
     "device": "CRYOKUBE_DEVICE",
+    "checkpoint_interval_s": "CRYOKUBE_CHECKPOINT_INTERVAL_S",
 }
 JSON_FIELDS = {"params", "inputs"}
 
