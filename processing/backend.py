@@ -230,6 +230,28 @@ def fourier_crop(f: Array, shape: tuple[int, ...], new_shape: tuple[int, ...]) -
     return out * scale
 
 
+def rfft2_cropped(x: Array, new_shape: tuple[int, int]) -> Array:
+    """``fourier_crop(rfft2(x), x.shape[-2:], new_shape)`` for a ``new_shape`` no larger than x.
+
+    The rows are transformed in full, then only the ``new_shape[1] // 2 + 1`` kept columns
+    along y: 0.5 + 0.5 x kept / all columns of the work of :func:`rfft2` (0.68 for the 2.8x
+    binning of motion correction), with the same result.
+    """
+    xp = array_module(x)
+    fft = fft_module(x)
+    x = as_float(x)
+    ny, nx = x.shape[-2:]
+    my, mx = new_shape
+    if not (0 < my <= ny and 0 < mx <= nx):
+        raise ValueError(f"new_shape {new_shape} must be positive and within {(ny, nx)}")
+    rows = fft.rfft(x, axis=-1, **_fft_kwargs(x))[..., : mx // 2 + 1]
+    columns = fft.fft(rows, axis=-2, **_fft_kwargs(x))
+    pos, neg = (my + 1) // 2, my // 2
+    out = xp.concatenate([columns[..., :pos, :], columns[..., ny - neg :, :]], axis=-2)
+    out *= my * mx / (ny * nx)
+    return out
+
+
 def fourier_resample(x: Array, new_shape: tuple[int, ...]) -> Array:
     """Resample real images/volumes (trailing ``len(new_shape)`` axes) by Fourier crop/pad."""
     ndim = len(new_shape)

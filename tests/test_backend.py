@@ -109,6 +109,20 @@ def test_fourier_crop_keeps_low_frequencies_and_mean(xp: ModuleType) -> None:
     np.testing.assert_allclose(bk.to_host(big), wave, atol=1e-5)
 
 
+@pytest.mark.parametrize("new_shape", [(32, 24), (21, 17)])
+def test_rfft2_cropped_is_the_fourier_crop_of_rfft2(xp: ModuleType, new_shape: Any) -> None:
+    y, x = np.mgrid[0:64, 0:48]
+    wave = (2.0 + np.cos(2 * np.pi * (3 * y / 64 + 5 * x / 48))).astype(np.float32)
+    image = wave + 0.1 * _image((64, 48))
+    cropped = bk.rfft2_cropped(xp.asarray(image), new_shape)
+    reference = bk.fourier_crop(bk.rfft2(xp.asarray(image)), (64, 48), new_shape)
+    np.testing.assert_allclose(bk.to_host(cropped), bk.to_host(reference), atol=1e-3)
+    ys, xs = np.mgrid[0 : new_shape[0], 0 : new_shape[1]]
+    truth = 2.0 + np.cos(2 * np.pi * (3 * ys / new_shape[0] + 5 * xs / new_shape[1]))
+    small = bk.to_host(bk.irfft2(bk.rfft2_cropped(xp.asarray(wave), new_shape), new_shape))
+    np.testing.assert_allclose(small, truth, atol=1e-5)
+
+
 def test_fourier_resample_odd_volume_preserves_mean(xp: ModuleType) -> None:
     vol = _image((15, 15, 15)) + 3.0
     small = bk.to_host(bk.fourier_resample(xp.asarray(vol), (9, 9, 9)))

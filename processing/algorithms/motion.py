@@ -26,8 +26,12 @@ using a 2.6 A reconstruction of rotavirus VP6. eLife 4, e06980. doi:10.7554/eLif
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TypeVar
 
 import numpy as np
 import scipy.fft
@@ -40,11 +44,12 @@ from cryokube.processing.backend import (
     Array,
     array_module,
     fft_freqs,
-    fourier_crop,
+    fft_workers,
     fourier_resample,
     fourier_shift,
     irfft2,
     rfft2,
+    rfft2_cropped,
     to_host,
 )
 
@@ -68,6 +73,23 @@ _FRAME_CHUNK = 8
 _SPATIAL_TERMS = 6
 # Temporal terms: t, t^2, t^3 (the constant is the arbitrary per-patch offset, removed).
 _TIME_TERMS = 3
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _parallel_map(fn: Callable[[_T], _R], items: Iterable[_T], xp: ModuleType) -> list[_R]:
+    """``[fn(item) for item in items]``, on ``fft_workers()`` threads for numpy arrays.
+
+    numpy's element-wise operations and scipy.fft release the GIL, so frames, patches or tiles
+    handled one per thread use every core where most numpy work would run on one. On the GPU
+    the items run in order (one stream).
+    """
+    workers = fft_workers()
+    if xp is not np or workers == 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="motion") as pool:
+        return list(pool.map(fn, items))
 
 
 @dataclass(frozen=True)
@@ -181,6 +203,7 @@ def _align_spectra(
     max_shift_px: float,
     max_iterations: int,
     tolerance_px: float,
+    parallel: bool = True,
 ) -> Array:
     """Iteratively align each frame to the sum of the others (MotionCor2's global scheme).
 
@@ -188,22 +211,37 @@ def _align_spectra(
     leading axes are independent stacks (patches). Returns shifts (..., n_frames, 2) in pixels of
     ``shape``, with the first frame at zero. Each iteration measures the residual shift of the
     already-aligned frame, so the sub-pixel parabola is fitted at a centred, symmetric peak.
-    Cross-correlations are computed ``_FRAME_CHUNK`` frames at a time, so the temporaries stay
-    a fraction of the spectra's size.
+    Frames are shifted and cross-correlated ``_FRAME_CHUNK`` at a time, so the temporaries stay a
+    fraction of the spectra's size, with the chunks on several threads unless ``parallel`` is
+    false (the caller already runs several stacks at once). Only the correlations within the
+    search radius are searched for the peak.
     """
     xp = array_module(spectra)
     shifts = xp.zeros((*spectra.shape[:-2], 2), dtype=np.float32)
     n_frames = spectra.shape[-3]
     search = max_shift_px
+    chunks = [slice(s, s + _FRAME_CHUNK) for s in range(0, n_frames, _FRAME_CHUNK)]
+
+    def run(fn: Callable[[slice], _R]) -> list[_R]:
+        return _parallel_map(fn, chunks, xp) if parallel else [fn(c) for c in chunks]
+
     for _ in range(max_iterations):
-        aligned = fourier_shift(spectra, -shifts, shape)
-        total = xp.sum(aligned, axis=-3, keepdims=True)
-        parts = []
-        for start in range(0, n_frames, _FRAME_CHUNK):
-            chunk = aligned[..., start : start + _FRAME_CHUNK, :, :]
+
+        def shifted(c: slice, shifts: Array = shifts) -> Array:
+            return fourier_shift(spectra[..., c, :, :], -shifts[..., c, :], shape)
+
+        aligned = run(shifted)
+        total = sum(xp.sum(part, axis=-3, keepdims=True) for part in aligned)
+
+        def peaks(
+            c: slice, aligned: list[Array] = aligned, total: Array = total, search: float = search
+        ) -> Array:
+            chunk = aligned[c.start // _FRAME_CHUNK]
             cc = irfft2(chunk * xp.conj(total - chunk) * weight, shape)
-            parts.append(find_peaks(cc, max_shift_px=search))
-        del aligned
+            return find_peaks(_near_zero(cc, search + 1), max_shift_px=search)
+
+        parts = run(peaks)
+        del aligned, peaks
         residual = xp.concatenate(parts, axis=-2)
         shifts = shifts + residual
         shifts = shifts - shifts[..., :1, :]
@@ -212,6 +250,19 @@ def _align_spectra(
         if float(xp.max(xp.abs(residual))) < tolerance_px:
             break
     return shifts
+
+
+def _near_zero(cc: Array, radius_px: float) -> Array:
+    """The maps' values within ``radius_px`` of the zero shift, still in FFT order (cc[..., 0, 0]
+    at zero): :func:`find_peaks` then scans a few thousand values instead of the whole map."""
+    xp = array_module(cc)
+    half = math.ceil(radius_px) + 1
+    index = []
+    for n in cc.shape[-2:]:
+        if 2 * half >= n:
+            return cc
+        index.append(xp.concatenate([xp.arange(half), xp.arange(n - half, n)]))
+    return cc[..., index[0][:, None], index[1][None, :]]
 
 
 def _deformation_design(
@@ -338,14 +389,16 @@ def _window(frame: Array, top: int, left: int, out: Array, fill: Array) -> None:
         out[y0 - top : y1 - top, x0 - left : x1 - left] = frame[y0:y1, x0:x1]
 
 
-def _padded(frame: Array, shape: tuple[int, int]) -> Array:
-    """``frame`` as float32, padded at the high ends to ``shape`` with its mean."""
+def _padded(frame: Array, shape: tuple[int, int], fill: Array) -> Array:
+    """``frame`` as float32, padded at the high ends to ``shape`` with ``fill`` (its mean)."""
     xp = array_module(frame)
     ny, nx = frame.shape
     if (ny, nx) == shape:
         return xp.asarray(frame, dtype=np.float32)
-    out = xp.full(shape, xp.mean(frame, dtype=np.float32), dtype=np.float32)
+    out = xp.empty(shape, dtype=np.float32)
     out[:ny, :nx] = frame
+    out[ny:, :] = fill
+    out[:ny, nx:] = fill
     return out
 
 
@@ -469,8 +522,14 @@ def align_movie(
     )
     scale = xp.asarray([padded[0] / small[0], padded[1] / small[1]], dtype=np.float32)
     small_pixel_A = pixel_size_A * padded[0] / small[0]
+    # Windows and padding are filled with each frame's mean, computed once.
+    means = _parallel_map(lambda i: xp.mean(frames[i], dtype=np.float32), range(first, stop), xp)
     spectra = xp.stack(
-        [fourier_crop(rfft2(_padded(frames[i], padded)), padded, small) for i in range(first, stop)]
+        _parallel_map(
+            lambda i: rfft2_cropped(_padded(frames[first + i], padded, means[i]), small),
+            range(n_frames),
+            xp,
+        )
     )
     global_small = _align_spectra(
         spectra,
@@ -507,6 +566,7 @@ def align_movie(
     )
     weighted, plain = _corrected_sums(
         frames[first:stop],
+        means,
         global_px,
         coeffs,
         pixel_size_A=pixel_size_A,
@@ -580,16 +640,29 @@ def _patch_trajectories(
             max_shift_px=max(4.0, min(size) / 8.0),
             max_iterations=max_iterations,
             tolerance_px=tolerance_px,
+            parallel=False,
         )
 
-    # One patch at a time: all patches at once would hold 2.25x the frames (50% overlap).
-    shifts = xp.stack([patch_shifts(top, left) for top, left in corners])
+    # One patch per thread: all patches at once would hold 2.25x the frames (50% overlap).
+    shifts = xp.stack(_parallel_map(lambda corner: patch_shifts(*corner), corners, xp))
     centres = [(top + size[0] / 2.0, left + size[1] / 2.0) for top, left in corners]
     return xp.asarray(centres, dtype=np.float32), shifts
 
 
+def _phase_ramps(shifts_px: Array, freq: Array) -> Array:
+    """``exp(2 pi i s f)`` (complex64) for shifts (n,) along the axis of ``freq``, one per frame.
+
+    ``freq`` is one axis of :func:`fft_freqs`; the result broadcasts against (n, ky, kx) spectra
+    and moves their content by ``-s`` px.
+    """
+    xp = array_module(shifts_px)
+    lead = shifts_px.reshape((-1,) + (1,) * freq.ndim)
+    return xp.exp((2j * np.pi) * (lead * freq)).astype(np.complex64)
+
+
 def _corrected_sums(
     frames: Array,
+    means: list[Array],
     global_px: Array,
     coeffs: Array,
     *,
@@ -597,7 +670,11 @@ def _corrected_sums(
     exposures: Array | None,
     tile_px: int,
 ) -> tuple[Array, Array]:
-    """Dose-weighted and plain sums of frames moved by the global plus local trajectory."""
+    """Dose-weighted and plain sums of frames moved by the global plus local trajectory.
+
+    Tiles are handled one per thread; each writes its own part of the sums, so the result does
+    not depend on their order.
+    """
     xp = array_module(frames)
     n_frames, ny, nx = frames.shape
     margin = 32
@@ -616,45 +693,47 @@ def _corrected_sums(
     fraction = xp.asarray(trajectories_host - integer, dtype=np.float32)
     win = (core_y + 2 * margin, core_x + 2 * margin)
     weights = None if exposures is None else dose_weights(win, pixel_size_A, exposures)
-    # Windows are cut from the input frames directly: no float32 copy of the whole movie.
-    means = [xp.mean(frames[i], dtype=np.float32) for i in range(n_frames)]
     freq_y, freq_x = fft_freqs(win, xp=xp)
-
-    def ramp_y(tile: int) -> Array:
-        return xp.exp((2j * np.pi) * (fraction[tile, :, 0, None, None] * freq_y)).astype(
-            np.complex64
-        )
-
-    def ramp_x(tile: int) -> Array:
-        return xp.exp((2j * np.pi) * (fraction[tile, :, 1, None, None] * freq_x)).astype(
-            np.complex64
-        )
-
     weighted = xp.zeros((ny, nx), dtype=np.float32)
     plain = xp.zeros((ny, nx), dtype=np.float32)
-    # One window stack for all tiles, filled frame by frame: no per-window copies.
-    stack = xp.empty((n_frames, *win), dtype=np.float32)
-    for tile, (top, left) in enumerate((t, le) for t in tops for le in lefts):
+    # One window stack per thread, reused for its tiles: no per-window copies.
+    local = threading.local()
+
+    def add_tile(index: int) -> None:
+        iy, ix = divmod(index, tiles_x)
+        top, left = tops[iy], lefts[ix]
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = xp.empty((n_frames, *win), dtype=np.float32)
+        # Windows are cut from the input frames directly: no float32 copy of the whole movie.
         for i in range(n_frames):
             _window(
                 frames[i],
-                top - margin + int(integer[tile, i, 0]),
-                left - margin + int(integer[tile, i, 1]),
+                top - margin + int(integer[index, i, 0]),
+                left - margin + int(integer[index, i, 1]),
                 stack[i],
                 means[i],
             )
         spectra = rfft2(stack)
-        # The phase ramps of fourier_shift and the dose weights, applied in place: on a tile
-        # stack each temporary copy costs as much as the FFT (profiled on 5760 x 4092 x 50).
-        spectra *= ramp_y(tile)
-        spectra *= ramp_x(tile)
+        # The phase ramps and the dose weights, applied in place: on a tile stack each
+        # temporary copy costs as much as the FFT (profiled on 5760 x 4092 x 50).
+        spectra *= _phase_ramps(fraction[index, :, 0], freq_y)
+        spectra *= _phase_ramps(fraction[index, :, 1], freq_x)
         plain_tile = irfft2(xp.sum(spectra, axis=0), win)
         if weights is None:
             weighted_tile = plain_tile
         else:
             spectra *= weights
             weighted_tile = irfft2(xp.sum(spectra, axis=0), win)
-        core = (slice(margin, margin + core_y), slice(margin, margin + core_x))
-        plain[top : top + core_y, left : left + core_x] = plain_tile[core]
-        weighted[top : top + core_y, left : left + core_x] = weighted_tile[core]
+        # This tile's share of the output: its rows and columns not in the next tile's core.
+        rows = slice(iy * core_y, min((iy + 1) * core_y, ny))
+        cols = slice(ix * core_x, min((ix + 1) * core_x, nx))
+        core = (
+            slice(rows.start - top + margin, rows.stop - top + margin),
+            slice(cols.start - left + margin, cols.stop - left + margin),
+        )
+        plain[rows, cols] = plain_tile[core]
+        weighted[rows, cols] = weighted_tile[core]
+
+    _parallel_map(add_tile, range(tiles_y * tiles_x), xp)
     return weighted, plain
