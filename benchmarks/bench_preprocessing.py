@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
-import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,7 @@ from cryokube.processing.backend import fourier_resample, fourier_shift, irfft2,
 from cryokube.processing.io.movies import read_movie, write_movie_tiff
 from cryokube.processing.io.mrc import write_mrc
 from cryokube.processing.simulate import phantom_volume, simulate_micrograph
-from harness import Record, benchmark
+from harness import Record, benchmark, timed
 from limits import rfft2_flops
 from scipy.spatial import cKDTree
 
@@ -55,19 +52,6 @@ CTF_PIXEL_A = 1.5
 PICK_PIXEL_A = 2.0
 PICK_DIAMETER_A = 76.8
 N_PICK_MICROGRAPHS = 3
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """Result, wall seconds and tracemalloc peak (MB) of one call."""
-    tracemalloc.start()
-    try:
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - t0
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, seconds, peak / 1e6
 
 
 def _drifting_movie(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +87,7 @@ def motion(machine: dict[str, float]) -> list[Record]:
             )
 
         load_ours = os.getloadavg()[0]
-        result, seconds, peak_MB = _timed(run)
+        result, seconds, peak_MB = timed(run)
         error = result.global_shifts_px - (drift - drift[0])
         error -= error.mean(axis=0)
         rms_px = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
@@ -174,9 +158,7 @@ def ctf(machine: dict[str, float]) -> list[Record]:
         "cs_mm": 2.7,
         "amp_contrast": 0.07,
     }
-    fits, seconds, peak_MB = _timed(
-        lambda: [estimate_ctf(m.image, **settings) for m in micrographs]
-    )
+    fits, seconds, peak_MB = timed(lambda: [estimate_ctf(m.image, **settings) for m in micrographs])
     errors = [abs(f.defocus_mean_A / d - 1) * 100 for f, d in zip(fits, CTF_DEFOCI_A, strict=True)]
     n_tiles = 7 * 7
     roofline_s = (
@@ -216,7 +198,7 @@ def picking(machine: dict[str, float]) -> list[Record]:
         )
         for i in range(N_PICK_MICROGRAPHS)
     ]
-    picks, seconds, peak_MB = _timed(
+    picks, seconds, peak_MB = timed(
         lambda: [
             pick_blobs(m.image, pixel_size_A=PICK_PIXEL_A, diameter_range_A=(50.0, 80.0))
             for m in micrographs

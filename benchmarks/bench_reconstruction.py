@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 from cryokube.processing.algorithms.abinitio import ab_initio, compare_hands
-from cryokube.processing.algorithms.class2d import classify_2d
+from cryokube.processing.algorithms.class2d import Class2DResult, classify_2d
 from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold, soft_spherical_mask
 from cryokube.processing.algorithms.projection import project
 from cryokube.processing.algorithms.reconstruction import reconstruct
@@ -135,23 +135,33 @@ def class_purity(assignments: np.ndarray, labels: np.ndarray) -> float:
     )
 
 
+# 2D classification schedule: mini-batches, their size, then full passes
+CLASS2D_ONLINE_ITERATIONS, CLASS2D_BATCH, CLASS2D_FULL_ITERATIONS = 6, 100, 2
+
+
+def class2d_particle_iterations(n_particles: int) -> float:
+    """Particle-iterations of :func:`run_classify_2d`: mini-batch passes plus full passes."""
+    online = CLASS2D_ONLINE_ITERATIONS * CLASS2D_BATCH
+    return (online + CLASS2D_FULL_ITERATIONS * n_particles) / n_particles
+
+
+def run_classify_2d(images: np.ndarray, n_classes: int) -> Class2DResult:
+    """``classify_2d`` as ``recon_class2d`` and its RELION peer run it: alignment to 8 A,
+    10 deg, +-3 px, the schedule above."""
+    return classify_2d(
+        images, n_classes=n_classes, pixel_size_A=PIXEL_SIZE_A, max_resolution_A=4 * PIXEL_SIZE_A,
+        angle_step_deg=10.0, max_shift_px=3, n_online_iterations=CLASS2D_ONLINE_ITERATIONS,
+        online_batch_size=CLASS2D_BATCH, n_full_iterations=CLASS2D_FULL_ITERATIONS,
+    )  # fmt: skip
+
+
 @benchmark("recon_class2d")
 def class2d(machine: dict[str, float]) -> list[Record]:
     n, per_view, n_classes = 48, 100, 4
     images, labels = class2d_particles(n, per_view)
-    n_online, batch, n_full = 6, 100, 2
-    # particle-iterations: mini-batch passes plus full passes
-    iterations = (n_online * batch + n_full * labels.size) / labels.size
-
-    def run() -> np.ndarray:
-        result = classify_2d(
-            images, n_classes=n_classes, pixel_size_A=PIXEL_SIZE_A, max_resolution_A=4 * PIXEL_SIZE_A,
-            n_online_iterations=n_online, online_batch_size=batch, n_full_iterations=n_full,
-        )  # fmt: skip
-        return result.assignments
-
+    iterations = class2d_particle_iterations(labels.size)
     t0 = time.perf_counter()
-    assignments = run()
+    assignments = run_classify_2d(images, n_classes).assignments
     t = time.perf_counter() - t0
     purity = class_purity(assignments, labels)
     band = int(np.pi * (n / 4) ** 2 / 2)

@@ -44,15 +44,15 @@ from typing import Any
 
 import numpy as np
 import peers
-from bench_preprocessing import _timed
 from bench_reconstruction import (
     _ctf,
+    class2d_particle_iterations,
     class2d_particles,
     class_purity,
     median_pose_error_deg,
     refine_particles,
+    run_classify_2d,
 )
-from cryokube.processing.algorithms.class2d import classify_2d
 from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold
 from cryokube.processing.algorithms.reconstruction import reconstruct
 from cryokube.processing.algorithms.refine import RefinementState, refine_3d
@@ -62,7 +62,7 @@ from cryokube.processing.geometry import euler_to_matrix
 from cryokube.processing.io.mrc import read_mrc, write_mrc
 from cryokube.processing.jobs._particles import shift_from_offset
 from cryokube.processing.simulate import ParticleStack, phantom_volume, simulate_particles
-from harness import Record, benchmark
+from harness import Record, benchmark, timed
 
 BOX = 64
 PIXEL_SIZE_A = 2.0
@@ -151,7 +151,7 @@ def backprojection_peers(_machine: dict[str, float]) -> list[Record]:
     ctf = _ctf(stack, BOX)
     rotations = stack.truth.rotations.astype(np.float32)
     shifts = stack.truth.shifts_px[:, ::-1].astype(np.float32)
-    volume, seconds, peak_MB = _timed(
+    volume, seconds, peak_MB = timed(
         lambda: np.asarray(reconstruct(stack.images, rotations, shifts_px=shifts, ctf=ctf))
     )
     ours, ours_mirror = _resolutions_A(volume, truth)
@@ -219,22 +219,8 @@ def backprojection_peers(_machine: dict[str, float]) -> list[Record]:
 def class2d_peers(_machine: dict[str, float]) -> list[Record]:
     box, per_view, n_classes = 48, 100, 4
     images, labels = class2d_particles(box, per_view)
-    n_online, batch, n_full = 6, 100, 2
-    # particle-iterations: mini-batch passes plus full passes, as in recon_class2d
-    iterations = (n_online * batch + n_full * labels.size) / labels.size
-    result, seconds, peak_MB = _timed(
-        lambda: classify_2d(
-            images,
-            n_classes=n_classes,
-            pixel_size_A=PIXEL_SIZE_A,
-            max_resolution_A=4 * PIXEL_SIZE_A,
-            angle_step_deg=10.0,
-            max_shift_px=3,
-            n_online_iterations=n_online,
-            online_batch_size=batch,
-            n_full_iterations=n_full,
-        )
-    )
+    iterations = class2d_particle_iterations(labels.size)
+    result, seconds, peak_MB = timed(lambda: run_classify_2d(images, n_classes))
     rate = labels.size * iterations / seconds
     purity = class_purity(result.assignments, labels)
     with tempfile.TemporaryDirectory(prefix="cryokube-bench-") as tmp:
@@ -287,7 +273,7 @@ def refine_peers(_machine: dict[str, float]) -> list[Record]:
         marks.append((time.perf_counter(), np.array(state.rotations, copy=True)))
 
     start = time.perf_counter()
-    result, seconds, peak_MB = _timed(
+    result, seconds, peak_MB = timed(
         lambda: refine_3d(
             stack.images,
             volume,

@@ -18,7 +18,9 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,15 +72,23 @@ def best_time_s(fn: Callable[[], object], *, repeat: int = 3, min_time_s: float 
     return best
 
 
-def peak_traced_MB(fn: Callable[[], object]) -> float:
-    """Peak Python + numpy heap allocation (MB) during ``fn()``, from tracemalloc."""
+def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
+    """Result, wall seconds and peak Python + numpy heap allocation (MB, tracemalloc) of one
+    call of ``fn``."""
     tracemalloc.start()
     try:
-        fn()
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return peak / 1e6
+    return result, seconds, peak / 1e6
+
+
+def peak_traced_MB(fn: Callable[[], object]) -> float:
+    """Peak Python + numpy heap allocation (MB) during ``fn()``, from tracemalloc."""
+    return timed(fn)[2]
 
 
 @dataclass

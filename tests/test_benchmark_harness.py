@@ -60,3 +60,13 @@ def test_peer_process_peak_memory_is_its_own(harness: ModuleType) -> None:
     assert alloc_MB <= result.peak_rss_MB < alloc_MB + 100
     small = harness.run_process([sys.executable, "-c", "print('small')"])
     assert small.peak_rss_MB < alloc_MB  # not the maximum over every child so far
+
+
+def test_timed_returns_the_result_and_its_numpy_peak(harness: ModuleType) -> None:
+    import numpy as np
+
+    result, seconds, peak_MB = harness.timed(lambda: float(np.ones(5_000_000).sum()))
+    assert result == 5_000_000.0
+    assert seconds > 0
+    assert 40 <= peak_MB < 45  # the 40 MB float64 buffer, freed before the call returns
+    assert harness.peak_traced_MB(lambda: np.zeros(1_000_000)) >= 8
