@@ -9,8 +9,10 @@ particles show protein white) and ``particles.star``
 shifts and CTFs). Every tool reads those files; ours takes the same arrays in memory.
 
 - ``recon_peers_backprojection``: reconstruction from the known poses, ours (``reconstruct``)
-  against RELION 3.1.3 ``relion_reconstruct --ctf`` and ASPIRE's ``MeanEstimator`` (its own
-  ``RelionSource`` reading our STAR file). Figures: seconds, particles/s, peak memory and the
+  against RELION 3.1.3 ``relion_reconstruct --ctf``, ASPIRE's ``MeanEstimator`` (its own
+  ``RelionSource`` reading our STAR file) and cryoDRGN's ``backproject_voxel`` (poses and CTFs
+  parsed from our STAR file by its own ``parse_pose_star`` and ``parse_ctf_star``).
+  Figures: seconds, particles/s, peak memory and the
   FSC = 0.143 resolution (A) of each map against the truth volume. Each map is also scored
   against the mirrored truth: a tool that read our Euler angles transposed or mirrored would
   match that (or nothing) instead of the truth.
@@ -26,9 +28,11 @@ shifts and CTFs). Every tool reads those files; ours takes the same arrays in me
   ``relion_refine_mpi --auto_refine`` (healpix order 2, i.e. 15 deg, oversampled to 7.5 deg,
   +-3 px) stopped after ``RELION_REFINE_ITERATIONS`` iterations (default 1, environment
   variable ``CRYOKUBE_BENCH_RELION_REFINE_ITERATIONS``: one RELION iteration takes minutes on
-  loaded cores and auto-refine runs to convergence). The compared
+  loaded cores; a large value lets RELION's own convergence test end the run). The compared
   figures are those of the first, global iteration of each: particles/s and the median pose
-  error against the truth; our whole run is in ``extra``.
+  error against the truth; our whole run and RELION's last iteration (iterations, seconds,
+  median pose error, its map's FSC = 0.143 resolution against the truth and its own
+  gold-standard resolution) are in ``extra``.
 
 Peak memory is tracemalloc's peak for our code (numpy buffers included) and ``wait4`` peak RSS
 for a peer process (interpreter and libraries included), so the two are not the same measure.
@@ -183,6 +187,12 @@ def backprojection_peers(_machine: dict[str, float]) -> list[Record]:
                 "aspire.npy",
                 -1.0,
             ),
+            # cryoDRGN inverts the images itself (its default) and has the physical CTF sign
+            (
+                peers.cryodrgn_backproject(folder, star, "cryodrgn"),
+                "cryodrgn/backproject.mrc",
+                1.0,
+            ),
         ]
         for peer, out, sign in runs:
             extra: dict[str, Any] = {"peer_peak_rss_MB": peer.peak_MB}
@@ -296,7 +306,7 @@ def refine_peers(_machine: dict[str, float]) -> list[Record]:
         ctf_only = {k: v for k, v in truth_columns(stack).items() if k.startswith("ctf/")}
         star = write_relion_particles(folder, -stack.images, pixel_size_A, ctf_only)
         write_mrc(folder / "reference.mrc", volume, pixel_size_A=pixel_size_A)
-        peer, table = peers.relion_autorefine(
+        peer, relion = peers.relion_autorefine(
             folder, star, "reference.mrc", iterations=RELION_REFINE_ITERATIONS,
             initial_resolution_A=20.0, healpix_order=2, offset_range_px=3,
             particle_diameter_A=0.8 * box * pixel_size_A,
@@ -316,21 +326,32 @@ def refine_peers(_machine: dict[str, float]) -> list[Record]:
         f"{seconds:.1f} s, then median pose error {error_deg:.3g} deg, map {ours_A:.3g} A against "
         f"the truth (gold-standard {result.resolution_A:.3g} A); peer: {peer.notes}"
     )
-    if peer.seconds is not None and table is not None:
-        ratio = peer.seconds / (RELION_REFINE_ITERATIONS * first_s)
+    if peer.seconds is not None and relion is not None:
+        ratio = peer.seconds / (relion.iterations * first_s)
         angles = np.stack(
-            [np.asarray(table[f"rlnAngle{a}"], dtype=np.float64) for a in ("Rot", "Tilt", "Psi")],
+            [
+                np.asarray(relion.particles[f"rlnAngle{a}"], dtype=np.float64)
+                for a in ("Rot", "Tilt", "Psi")
+            ],
             axis=1,
         )
         peer_error = median_pose_error_deg(euler_to_matrix(angles), truth.rotations)
+        peer_A = _resolution_A(relion.volume, volume, pixel_size_A)
         extra |= {
             "peer_seconds": peer.seconds,
-            "peer_particles_per_s_per_iteration": n_particles
-            * RELION_REFINE_ITERATIONS
-            / peer.seconds,
+            "peer_iterations": relion.iterations,
+            "peer_converged": relion.converged,
+            "peer_particles_per_s_per_iteration": n_particles * relion.iterations / peer.seconds,
             "peer_median_pose_error_deg": peer_error,
+            "peer_resolution_A": peer_A,
+            "peer_gold_standard_resolution_A": relion.gold_standard_A,
         }
-        notes += f", {peer.seconds:.1f} s, median pose error {peer_error:.3g} deg"
+        ended = "converged" if relion.converged else "stopped"
+        notes += (
+            f", {ended} after {relion.iterations} iterations in {peer.seconds:.1f} s, median pose "
+            f"error {peer_error:.3g} deg, map {peer_A:.3g} A against the truth (gold-standard "
+            f"{relion.gold_standard_A:.3g} A)"
+        )
     return [
         Record(
             f"recon_peers/refine_{box}px/first_iteration",

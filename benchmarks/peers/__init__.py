@@ -5,6 +5,9 @@
   run with ``LD_LIBRARY_PATH`` pointing there.
 - ASPIRE from PyPI: ``uv pip install --target .peers/aspire aspire``, run in a child Python
   with that folder first on ``PYTHONPATH``.
+- cryoDRGN from PyPI into its own virtualenv ``.peers/cryodrgn`` (``uv venv``, ``uv pip
+  install``): it needs torch, whose PyPI wheel brings the CUDA libraries (about 6 GB in all;
+  no CPU-only torch wheel is on PyPI). With no GPU here it runs on the CPU.
 
 Every runner returns a :class:`PeerResult`; when a peer cannot be installed or fails, its
 ``seconds`` is None and ``notes`` says why, so the benchmark still reports our own figures.
@@ -313,6 +316,67 @@ def aspire_mean_estimator(folder: Path, star: str, out: str, *, max_iterations: 
     return PeerResult(name, seconds=run.wall_s, peak_MB=run.peak_rss_MB, notes="ran")
 
 
+CRYODRGN_VERSION = "4.3.1"
+
+
+def cryodrgn_command() -> Path | str:
+    """Install cryoDRGN from PyPI into the virtualenv ``.peers/cryodrgn``; its ``cryodrgn``
+    command, or why it failed."""
+    venv = PEERS / "cryodrgn"
+    command = venv / "bin" / "cryodrgn"
+    if not command.exists():
+        uv = str(REPO / ".venv" / "bin" / "uv")
+        for argv in (
+            [uv, "venv", "--clear", "--python", sys.executable, str(venv)],
+            [uv, "pip", "install", "--python", str(venv / "bin" / "python"),
+             f"cryodrgn=={CRYODRGN_VERSION}"],
+        ):  # fmt: skip
+            step = subprocess.run(argv, check=False, capture_output=True, text=True)
+            if step.returncode != 0:
+                return f"uv {argv[1]} for cryoDRGN failed: {_tail(step.stderr)}"
+    return command
+
+
+def cryodrgn_backproject(folder: Path, star: str, out: str) -> PeerResult:
+    """cryoDRGN's ``backproject_voxel`` of the particles in ``folder/star`` into
+    ``folder/out/backproject.mrc``.
+
+    The poses and CTFs come from ``folder/star`` through cryoDRGN's own RELION importers,
+    ``parse_pose_star`` and ``parse_ctf_star`` (``--ps 0``: the file has no
+    ``rlnPhaseShift``, which cryoDRGN would read as NaN), before the timed run. The run
+    reads the stack itself (``--invert-data``, its default, for RELION's white protein) and
+    makes the full map only (``--no-half-maps``, as ours and ``relion_reconstruct``), on the
+    CPU with torch's default threads. ``seconds`` is cryoDRGN's own figure ("Backprojected N
+    images in t s": reading the stack, poses and CTFs, and the insertion, without the
+    interpreter's start and torch's import); the process's wall time is in ``notes``.
+    """
+    name = f"cryoDRGN {CRYODRGN_VERSION} backproject_voxel"
+    command = cryodrgn_command()
+    if isinstance(command, str):
+        return PeerResult(name, notes=command)
+    for argv in (
+        ["parse_pose_star", star, "-o", "poses.pkl"],
+        ["parse_ctf_star", star, "-o", "ctf.pkl", "--ps", "0"],
+    ):
+        step = run_process([str(command), *argv], cwd=folder, timeout_s=600)
+        if step.returncode != 0:
+            return PeerResult(name, notes=f"{argv[0]} failed: {_tail(step.output)}")
+    run = run_process(
+        [str(command), "backproject_voxel", "particles.mrcs", "--poses", "poses.pkl",
+         "--ctf", "ctf.pkl", "-o", out, "--no-half-maps"],
+        cwd=folder, timeout_s=3600,
+    )  # fmt: skip
+    timed = re.search(r"Backprojected [\d,]+ images in ([\d.]+)s", run.output)
+    if run.returncode != 0 or timed is None or not (folder / out / "backproject.mrc").exists():
+        return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}")
+    return PeerResult(
+        name,
+        seconds=float(timed.group(1)),
+        peak_MB=run.peak_rss_MB,
+        notes=f"ran; process wall time {run.wall_s:.1f} s",
+    )
+
+
 def relion_class2d(
     folder: Path,
     star: str,
@@ -356,6 +420,17 @@ def relion_class2d(
     return PeerResult(name, seconds=run.wall_s, peak_MB=run.peak_rss_MB, notes="ran"), classes
 
 
+@dataclass
+class AutoRefineOutput:
+    """What ``relion_autorefine`` read back: the last iteration's particles and map."""
+
+    particles: dict[str, list[str]]
+    volume: np.ndarray
+    iterations: int
+    converged: bool
+    gold_standard_A: float
+
+
 def relion_autorefine(
     folder: Path,
     star: str,
@@ -366,7 +441,7 @@ def relion_autorefine(
     healpix_order: int,
     offset_range_px: int,
     particle_diameter_A: float,
-) -> tuple[PeerResult, dict[str, list[str]] | None]:
+) -> tuple[PeerResult, AutoRefineOutput | None]:
     """``relion_refine_mpi --auto_refine --split_random_halves --ctf`` of ``folder/star``,
     stopped once it has written iteration ``iterations`` (or converged before).
 
@@ -374,8 +449,13 @@ def relion_autorefine(
     refinement), one thread each, from ``reference`` low-passed to ``initial_resolution_A``.
     ``seconds`` is the time of the iterations alone: from the initial ``run_it000`` files to
     those of the last iteration (file times), so RELION's start-up is not counted; ``peak_MB``
-    is the largest single process (rank) RSS. Returns the run and that iteration's particles.
+    is the largest single process (rank) RSS. Returns the run and what it read back: the last
+    iteration's particles, its map (RELION's final ``run_class001.mrc`` when it converged,
+    else the mean of that iteration's half maps), the number of iterations, whether RELION's
+    convergence test ended the run, and its gold-standard resolution (``rlnCurrentResolution``).
     """
+    from cryokube.processing.io.mrc import read_mrc
+
     name = f"RELION 3.1.3 relion_refine_mpi --auto_refine (3 ranks, {iterations} iterations)"
     root = relion_root()
     if isinstance(root, str):
@@ -406,13 +486,32 @@ def relion_autorefine(
         "sleep 1; kill $pid 2>/dev/null; wait $pid; "
         f"test -e {last} || test -e refine/run_data.star"
     )
-    run = run_process(["sh", "-c", script, "sh", *command], cwd=folder, env=env, timeout_s=3600)
-    out = folder / last
-    if not out.exists():
-        out = folder / "refine" / "run_data.star"  # converged before ``iterations``
-    first = folder / "refine" / "run_it000_data.star"
-    if run.returncode != 0 or not out.exists() or not first.exists():
+    # to convergence, auto-refine takes an hour or more on two loaded cores
+    run = run_process(["sh", "-c", script, "sh", *command], cwd=folder, env=env, timeout_s=6 * 3600)
+    refine = folder / "refine"
+    converged = (refine / "run_data.star").exists()
+    done = sorted(refine.glob("run_it[0-9][0-9][0-9]_data.star"))
+    first = refine / "run_it000_data.star"
+    if run.returncode != 0 or not first.exists() or len(done) < 2:
         return PeerResult(name, notes=f"failed (rc {run.returncode}): {_tail(run.output)}"), None
+    n = int(done[-1].name[6:9])
+    stem = "run" if converged else f"run_it{n:03d}"
+    out = refine / f"{stem}_data.star"
+    if converged:
+        volume = read_mrc(refine / "run_class001.mrc")[0]
+        model = refine / "run_model.star"
+    else:
+        halves = [read_mrc(refine / f"{stem}_half{h}_class001.mrc")[0] for h in (1, 2)]
+        volume = (halves[0] + halves[1]) / 2
+        model = refine / f"{stem}_half1_model.star"
+    resolution = re.search(r"_rlnCurrentResolution\s+(\S+)", model.read_text())
     seconds = out.stat().st_mtime - first.stat().st_mtime
     result = PeerResult(name, seconds=seconds, peak_MB=run.peak_rss_MB, notes="ran")
-    return result, _star_table(out, "particles")
+    output = AutoRefineOutput(
+        particles=_star_table(out, "particles"),
+        volume=np.asarray(volume, dtype=np.float32),
+        iterations=n,
+        converged=converged,
+        gold_standard_A=float(resolution.group(1)) if resolution else float("nan"),
+    )
+    return result, output
