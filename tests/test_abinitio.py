@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryokube.processing.algorithms.abinitio import ab_initio, compare_hands, mirror_volume
+from cryokube.processing.algorithms.abinitio import (
+    ab_initio,
+    choose_hand,
+    compare_hands,
+    mirror_volume,
+)
 from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold, soft_spherical_mask
 from cryokube.processing.algorithms.refine import back_project_halves, refine_3d
 from cryokube.processing.algorithms.symmetry import axis_rotation
@@ -57,6 +62,8 @@ def test_ab_initio_rejects_bad_input() -> None:
         ab_initio(images, pixel_size_A=1.0, class_similarity=1.0)
     with pytest.raises(ValueError, match="cubes of one shape"):
         compare_hands(np.zeros((8, 8, 8)), np.zeros((9, 9, 9)), pixel_size_A=1.0)
+    with pytest.raises(ValueError, match="cubes of one shape"):
+        choose_hand(np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), pixel_size_A=1.0)
 
 
 @pytest.mark.parametrize("mirrored", [False, True])
@@ -73,10 +80,16 @@ def test_compare_hands_finds_the_hand_and_superposes_the_map(mirrored: bool) -> 
     centre = np.full(3, n // 2)
     turned = ndimage.affine_transform(truth, turn, offset=centre - turn @ centre, order=3)
     moved = np.roll(turned, (2, -1, 3), axis=(0, 1, 2))
-    hands = compare_hands(
-        mirror_volume(moved) if mirrored else moved, truth, pixel_size_A=pixel_size_A
-    )
+    volume = mirror_volume(moved) if mirrored else moved
+    hands = compare_hands(volume, truth, pixel_size_A=pixel_size_A)
     assert hands.mirrored is mirrored
+    # the decision alone (what the ab_initio job needs) is the same, without the full-size fit
+    choice = choose_hand(volume, truth, pixel_size_A=pixel_size_A)
+    assert (choice.mirrored, choice.correlation, choice.mirror_correlation) == (
+        hands.mirrored,
+        hands.correlation,
+        hands.mirror_correlation,
+    )
     right, wrong = sorted([hands.correlation, hands.mirror_correlation], reverse=True)
     assert right > 0.95
     assert wrong < right - 0.02

@@ -20,7 +20,8 @@ receives an :class:`AbInitioState`, from which ``resume=`` continues bit for bit
 The hand of the result is arbitrary: projections of a map and of its mirror image differ
 only by a reflection of the poses, so single-particle data cannot tell the two apart.
 :func:`mirror_volume` gives the other hand; :func:`compare_hands` decides it against a map of
-known hand (or decide later: tilt pairs, alpha-helix handedness).
+known hand (or decide later: tilt pairs, alpha-helix handedness); :func:`choose_hand` only
+decides, at low resolution, without the full-size alignment.
 
 References
 ----------
@@ -71,8 +72,10 @@ from scipy.spatial.transform import Rotation
 __all__ = [
     "AbInitioResult",
     "AbInitioState",
+    "HandChoice",
     "HandComparison",
     "ab_initio",
+    "choose_hand",
     "compare_hands",
     "mirror_volume",
 ]
@@ -152,6 +155,28 @@ def mirror_volume(volume: Array) -> Array:
     n = volume.shape[0]
     flipped = volume[::-1]
     return flipped if n % 2 else xp.roll(flipped, 1, axis=0)
+
+
+@dataclass(frozen=True)
+class HandChoice:
+    """Output of :func:`choose_hand`.
+
+    Attributes
+    ----------
+    mirrored : bool
+        Whether the mirror image of the volume fits the reference better than the volume.
+    correlation, mirror_correlation : float
+        Best normalised cross-correlation with the reference over rotations and translations,
+        of the volume and of its mirror image, at the comparison's resolution.
+    rotation : ndarray of shape (3, 3)
+        The better hand's best rotation at that resolution, in index space ``(z, y, x)``
+        about the box centre (as :attr:`HandComparison.rotation`).
+    """
+
+    mirrored: bool
+    correlation: float
+    mirror_correlation: float
+    rotation: npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -245,14 +270,88 @@ def _refine_locally(
     *,
     step_deg: float,
     n_rounds: int,
-) -> npt.NDArray[np.float64]:
-    """``rotation`` refined by ``n_rounds`` rounds of 27 small turns, steps halving."""
+) -> tuple[float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``rotation`` refined by ``n_rounds`` rounds of 27 small turns, steps halving.
+
+    Returns the correlation, rotation and translation (px) of the last round's best fit (the
+    turns include the identity), or of ``rotation`` itself after no rounds.
+    """
+    if n_rounds == 0:
+        score, _, shift = _best_fit(volume, reference_spectrum, rotation[None])
     for _ in range(n_rounds):
         candidates = local_perturbations(step_deg).astype(np.float64) @ rotation
-        _, index, _ = _best_fit(volume, reference_spectrum, candidates)
+        score, index, shift = _best_fit(volume, reference_spectrum, candidates)
         rotation = candidates[index]
         step_deg /= 2
-    return rotation
+    return score, rotation, shift
+
+
+def choose_hand(
+    volume: Array,
+    reference: Array,
+    *,
+    pixel_size_A: float,
+    resolution_A: float = 20.0,
+    angle_step_deg: float = 20.0,
+    n_local_rounds: int = 3,
+) -> HandChoice:
+    """Decide the hand of ``volume``: does it or its mirror image fit ``reference`` better?
+
+    Both hands are aligned to the reference on copies low-passed and Fourier cropped to
+    ``resolution_A``: a global search over rotations (a grid of about ``angle_step_deg``,
+    :func:`~cryokube.processing.algorithms.refine.so3_grid`) and translations (the peak of the
+    FFT cross-correlation), then ``n_local_rounds`` rounds of 27 small rotations with steps
+    halving from ``angle_step_deg / 2``. The hand whose best fit correlates better wins; the
+    hand is a low-resolution property, and the crop keeps the noise of an unfiltered map out of
+    the decision. Single-particle data cannot tell the hands apart (Punjani et al. 2017 [1]_),
+    so a reference decides.
+
+    Parameters
+    ----------
+    volume, reference : arrays of shape (N, N, N)
+        Maps with the same box and pixel size.
+    pixel_size_A : float
+        Voxel size (A).
+    resolution_A : float, optional
+        Resolution of the comparison (A).
+    angle_step_deg : float, optional
+        Spacing of the global rotation grid.
+    n_local_rounds : int, optional
+        Local refinement rounds.
+
+    Returns
+    -------
+    HandChoice
+    """
+    if volume.shape != reference.shape or volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise ValueError(
+            f"volume and reference must be cubes of one shape, got {volume.shape} and "
+            f"{reference.shape}"
+        )
+    n = int(volume.shape[0])
+    small = int(min(n, max(8, 2 * np.ceil(n * pixel_size_A / resolution_A))))
+    grid = so3_grid(angle_step_deg).astype(np.float64)
+    coarse_reference = rfftn(fourier_resample(as_float(reference), (small,) * 3))
+    coarse_reference[0, 0, 0] = 0
+    fits = []
+    for candidate in (as_float(volume), mirror_volume(as_float(volume))):
+        coarse = fourier_resample(candidate, (small,) * 3)
+        _, index, _ = _best_fit(coarse, coarse_reference, grid)
+        score, rotation, _ = _refine_locally(
+            coarse,
+            coarse_reference,
+            grid[index],
+            step_deg=angle_step_deg / 2,
+            n_rounds=n_local_rounds,
+        )
+        fits.append((score, rotation))
+    mirrored = fits[1][0] > fits[0][0]
+    return HandChoice(
+        mirrored=bool(mirrored),
+        correlation=float(fits[0][0]),
+        mirror_correlation=float(fits[1][0]),
+        rotation=fits[int(mirrored)][1],
+    )
 
 
 def compare_hands(
@@ -264,17 +363,11 @@ def compare_hands(
     angle_step_deg: float = 20.0,
     n_local_rounds: int = 3,
 ) -> HandComparison:
-    """Decide the hand of ``volume`` by superposing it and its mirror image on ``reference``.
+    """Decide the hand of ``volume`` and superpose the better hand on ``reference``.
 
-    Both hands are aligned to the reference on copies low-passed and Fourier cropped to
-    ``resolution_A``: a global search over rotations (a grid of about ``angle_step_deg``,
-    :func:`~cryokube.processing.algorithms.refine.so3_grid`) and translations (the peak of the
-    FFT cross-correlation), then ``n_local_rounds`` rounds of 27 small rotations with steps
-    halving from ``angle_step_deg / 2``. The hand whose best fit correlates better wins; the
-    hand is a low-resolution property, and the crop keeps the noise of an unfiltered map out of
-    the decision. The winner is then refined at full size (``n_local_rounds`` more rounds from
-    the last coarse step). Single-particle data cannot tell the hands apart (Punjani et al.
-    2017 [1]_), so a reference decides.
+    :func:`choose_hand` decides at ``resolution_A``; the winner is then refined at full size
+    (``n_local_rounds`` more rounds of 27 small rotations from the last coarse step) and
+    translated onto the reference (the sub-pixel peak of the cross-correlation).
 
     Parameters
     ----------
@@ -293,46 +386,30 @@ def compare_hands(
     -------
     HandComparison
     """
-    if volume.shape != reference.shape or volume.ndim != 3 or len(set(volume.shape)) != 1:
-        raise ValueError(
-            f"volume and reference must be cubes of one shape, got {volume.shape} and "
-            f"{reference.shape}"
-        )
+    choice = choose_hand(
+        volume,
+        reference,
+        pixel_size_A=pixel_size_A,
+        resolution_A=resolution_A,
+        angle_step_deg=angle_step_deg,
+        n_local_rounds=n_local_rounds,
+    )
     n = int(volume.shape[0])
-    small = int(min(n, max(8, 2 * np.ceil(n * pixel_size_A / resolution_A))))
-    grid = so3_grid(angle_step_deg).astype(np.float64)
-    coarse_reference = rfftn(fourier_resample(as_float(reference), (small,) * 3))
-    coarse_reference[0, 0, 0] = 0
-    fits = []
-    for candidate in (as_float(volume), mirror_volume(as_float(volume))):
-        coarse = fourier_resample(candidate, (small,) * 3)
-        _, index, _ = _best_fit(coarse, coarse_reference, grid)
-        rotation = _refine_locally(
-            coarse,
-            coarse_reference,
-            grid[index],
-            step_deg=angle_step_deg / 2,
-            n_rounds=n_local_rounds,
-        )
-        score, _, _ = _best_fit(coarse, coarse_reference, rotation[None])
-        fits.append((score, rotation, candidate))
-    mirrored = fits[1][0] > fits[0][0]
-    _, rotation, candidate = fits[int(mirrored)]
+    candidate = mirror_volume(as_float(volume)) if choice.mirrored else as_float(volume)
     full_reference = rfftn(as_float(reference))
     full_reference[0, 0, 0] = 0
-    rotation = _refine_locally(
+    _, rotation, shift = _refine_locally(
         candidate,
         full_reference,
-        rotation,
+        choice.rotation,
         step_deg=angle_step_deg / 2**n_local_rounds,
         n_rounds=n_local_rounds,
     )
-    _, _, shift = _best_fit(candidate, full_reference, rotation[None])
     spectrum = fourier_shift(rfftn(_rotate(candidate, rotation, order=3)), shift, (n, n, n))
     return HandComparison(
-        mirrored=bool(mirrored),
-        correlation=float(fits[0][0]),
-        mirror_correlation=float(fits[1][0]),
+        mirrored=choice.mirrored,
+        correlation=choice.correlation,
+        mirror_correlation=choice.mirror_correlation,
         rotation=rotation,
         shift_px=shift,
         aligned=irfftn(spectrum, (n, n, n)),

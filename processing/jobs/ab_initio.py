@@ -68,14 +68,14 @@ def run(ctx: JobContext) -> None:
     per class in that order, so a refinement fed with it starts from the largest class. The
     hand of the maps is unknown unless a map of known hand is connected to
     ``inputs.reference``: each map is then mirrored if its mirror image fits the reference
-    better (:func:`~cryokube.processing.algorithms.abinitio.compare_hands`). The SGD state is
+    better (:func:`~cryokube.processing.algorithms.abinitio.choose_hand`). The SGD state is
     checkpointed after its mini-batches (:mod:`._checkpoint`), so a retried pod resumes where
     its predecessor stopped and writes the same outputs as an uninterrupted run.
     """
     from cryokube.processing.algorithms.abinitio import (
         AbInitioState,
         ab_initio,
-        compare_hands,
+        choose_hand,
         mirror_volume,
     )
     from cryokube.processing.algorithms.symmetry import symmetry_group
@@ -132,7 +132,7 @@ def run(ctx: JobContext) -> None:
     if reference is not None:
         ctx.progress(0.9, "comparing each map and its mirror image with the reference")
         mirrored = [
-            compare_hands(
+            choose_hand(
                 volume, reference, pixel_size_A=pixel_size_A, resolution_A=resolution_A
             ).mirrored
             for volume in maps
