@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,14 @@ from aiohttp import web
 from cryokube.operator.metadata.app import create_app
 from cryokube.operator.metadata.tokens import mint_job_token
 from cryokube.processing.io.movies import write_movie_tiff
+from cryokube.processing.worker.reporter import ACKED_NAME, SPOOL_NAME
 from support import servers
 from support.metadata_app import OPERATOR, TOKEN_SECRET, admin, make_settings
 
 pytestmark = [pytest.mark.mongo, pytest.mark.slow]
 WORKER = str(Path(sys.executable).with_name("cryokube-worker"))
+WORKER_WAIT_S = 120.0
+"""Deadline of the waits for a worker process (Python start-up included): only for failures."""
 
 
 class Service:
@@ -102,9 +105,24 @@ async def start_worker(
     )
 
 
+def spool_dir(root: Path, uid: str) -> Path:
+    return root / uid / ".cryokube" / "reports-0"
+
+
 def spooled(root: Path, uid: str) -> list[dict[str, Any]]:
-    path = root / uid / ".cryokube" / "reports-0" / "events.jsonl"
+    path = spool_dir(root, uid) / SPOOL_NAME
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def wait_for_worker(
+    proc: asyncio.subprocess.Process, reached: Callable[[], bool], what: str
+) -> None:
+    """Poll until ``reached()`` (checked first: a worker that is done has reached it too)."""
+    deadline = asyncio.get_running_loop().time() + WORKER_WAIT_S
+    while not reached():
+        assert proc.returncode is None, f"worker exited {proc.returncode} before {what}"
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not in {WORKER_WAIT_S} s"
+        await asyncio.sleep(0.05)
 
 
 async def test_service_down_mid_job_loses_no_events(service: Service, tmp_path: Path) -> None:
@@ -112,7 +130,13 @@ async def test_service_down_mid_job_loses_no_events(service: Service, tmp_path: 
     token = await register(service, "import-a")
     await service.stop()  # the service goes away before the worker reports anything
     proc = await start_worker(root, service, "import-a", token)
-    await asyncio.sleep(3.0)
+    spool = spool_dir(root, "import-a") / SPOOL_NAME
+    # The whole job runs with the service down: its completion report is spooled, not sent.
+    await wait_for_worker(
+        proc,
+        lambda: spool.exists() and '"endpoint": "complete"' in spool.read_text(),
+        "completion spooled",
+    )
     assert proc.returncode is None  # the worker waits for the service, it does not give up
     await service.start()
     _, stderr = await asyncio.wait_for(proc.communicate(), 120)
@@ -127,7 +151,12 @@ async def test_killed_worker_retry_duplicates_nothing(service: Service, tmp_path
     root = project_with_movies(tmp_path / "project", 40)
     token = await register(service, "import-b")
     proc = await start_worker(root, service, "import-b", token)
-    await asyncio.sleep(2.0)
+    # Killed while reading movies, its first progress report (seq 2) delivered: the retry resends
+    # what was spooled but not acknowledged, and the service must not count anything twice.
+    acked = spool_dir(root, "import-b") / ACKED_NAME
+    await wait_for_worker(
+        proc, lambda: acked.exists() and int(acked.read_text()) >= 2, "progress delivered"
+    )
     if proc.returncode is None:
         proc.send_signal(signal.SIGKILL)
     await proc.wait()
