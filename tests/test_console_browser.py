@@ -23,6 +23,10 @@ from support.metadata_app import OPERATOR, admin, make_settings, user, worker
 
 pytestmark = [pytest.mark.mongo, pytest.mark.slow]
 
+WAIT_S = 60.0
+"""Deadline of the waits for the page (a redirect, a live-log line): it only matters when the test
+fails, and Chromium on a loaded 2-core runner can take seconds to render and reconnect."""
+
 PLOTS = {
     "motion-1": ["svg.plot.motion polyline.curve"],
     "ctf-1": ["svg.plot.ctf-fit line.fit-resolution", "svg.plot.defocus rect.bar"],
@@ -108,7 +112,7 @@ async def test_console_in_chromium(site: tuple[Any, Any], browser: Any, tmp_path
     await _run(res.clear)
     await _run(res.send_keys, "5")
     await _run((await _run(browser.find_element, By.ID, "submit-job")).click)
-    await _run(WebDriverWait(browser, 10).until, lambda d: "/console/jobs/" in d.current_url)
+    await _run(WebDriverWait(browser, WAIT_S).until, lambda d: "/console/jobs/" in d.current_url)
     await _run(browser.save_screenshot, str(shots / "created-job.png"))
     assert await _run(console_errors, browser) == []
     uid = browser.current_url.rsplit("/", 1)[-1]
@@ -127,9 +131,9 @@ async def test_console_in_chromium(site: tuple[Any, Any], browser: Any, tmp_path
     step = {"seq": 1, "fraction": 0.5, "message": "half"}
     assert (await api.post(f"/rpc/v1/jobs/{uid}/progress", json=step, headers=w)).status == 201
     log = await _run(browser.find_element, By.ID, "log")
-    await _run(WebDriverWait(browser, 10).until, lambda _: "fitting mic_0001" in log.text)
+    await _run(WebDriverWait(browser, WAIT_S).until, lambda _: "fitting mic_0001" in log.text)
     bar = await _run(browser.find_element, By.ID, "progress")
-    await _run(WebDriverWait(browser, 10).until, lambda _: bar.get_attribute("value") == "0.5")
+    await _run(WebDriverWait(browser, WAIT_S).until, lambda _: bar.get_attribute("value") == "0.5")
     await _run(browser.save_screenshot, str(shots / "live-log.png"))
     assert await _run(console_errors, browser) == []
 
