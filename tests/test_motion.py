@@ -182,6 +182,28 @@ def test_frames_of_slow_fft_sides_are_padded_not_distorted() -> None:
     np.testing.assert_allclose(result.patch_centres_px.mean(axis=0), (131.0, 139.0), atol=1.0)
 
 
+def test_threads_do_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames, patches and tiles run one per thread; the output must not depend on it.
+
+    64-px tiles on 262 x 278 frames: the last row and column of tiles overlap their neighbours,
+    whose shares of the sums must not be written by whichever thread finishes last.
+    """
+    movie = simulate_movie(shape=(262, 278), n_frames=12, total_drift_px=6.0, seed=5)
+    frames = _corrected(movie)
+    kwargs = {"pixel_size_A": 1.0, "dose_per_frame_e_per_A2": 1.0, "patch_grid": (2, 2)}
+    results = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv("CRYOKUBE_FFT_WORKERS", workers)
+        results.append(align_movie(frames, tile_px=64, **kwargs))  # type: ignore[arg-type]
+    one, two = results
+    truth_yx = movie.truth.drift_px[:, ::-1]
+    assert _rms_px(two.global_shifts_px - truth_yx) < 0.2
+    np.testing.assert_array_equal(two.global_shifts_px, one.global_shifts_px)
+    np.testing.assert_array_equal(two.local_shifts_px, one.local_shifts_px)
+    np.testing.assert_array_equal(two.micrograph, one.micrograph)
+    np.testing.assert_array_equal(two.micrograph_plain, one.micrograph_plain)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
