@@ -27,6 +27,7 @@ files; when one cannot be installed or run, the record says why in ``notes``.
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,13 @@ def _drifting_movie(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return frames, drift
 
 
+def _cpu_s(who: int) -> float:
+    """User plus system CPU seconds of this process (``RUSAGE_SELF``, all its threads) or of
+    its finished children (``RUSAGE_CHILDREN``, a peer and what it ran)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 @benchmark("preprocessing_motion")
 def motion(machine: dict[str, float]) -> list[Record]:
     rng = np.random.default_rng(0)
@@ -87,7 +95,9 @@ def motion(machine: dict[str, float]) -> list[Record]:
             )
 
         load_ours = os.getloadavg()[0]
+        cpu_before = _cpu_s(resource.RUSAGE_SELF)
         result, seconds, peak_MB = timed(run)
+        cpu_ours = _cpu_s(resource.RUSAGE_SELF) - cpu_before
         error = result.global_shifts_px - (drift - drift[0])
         error -= error.mean(axis=0)
         rms_px = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
@@ -98,12 +108,14 @@ def motion(machine: dict[str, float]) -> list[Record]:
         memory_s = 2 * n_bytes / (machine["memory_bandwidth_GBps"] * 1e9)
         roofline_s = max(cpu_s, memory_s)
         load_peer = os.getloadavg()[0]
+        cpu_before = _cpu_s(resource.RUSAGE_CHILDREN)
         peer = peers.relion_motioncorr(
             path,
             pixel_size_A=MOVIE_PIXEL_A,
             dose=DOSE_E_PER_A2,
             truth_shifts_px=drift - drift[0],
         )
+        cpu_peer = _cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
     notes = f"{n_frames} x {ny} x {nx} uint8 LZW TIFF, 5x5 patches; global trajectory truth"
     return [
         Record(
@@ -124,6 +136,10 @@ def motion(machine: dict[str, float]) -> list[Record]:
                 "peer_peak_rss_MB": peer.peak_MB,
                 "roofline_decode_fft_s": cpu_s,
                 "roofline_memory_s": memory_s,
+                # CPU seconds (all threads) move far less with the other work on the machine
+                # than wall times do: the work each tool did on the same movie.
+                "cpu_s_ours": cpu_ours,
+                "cpu_s_peer": cpu_peer if peer.seconds is not None else None,
                 # Other work on the machine moves both timings: the 1-minute load average as
                 # each run starts, and once both have finished.
                 "load_average_1min_before_ours": load_ours,
