@@ -25,13 +25,14 @@ from cryokube.processing.io.mrc import read_mrc, write_mrc
 from cryokube.processing.jobs import get as get_job_type
 from cryokube.processing.jobs._checkpoint import CHECKPOINT_NAME, Checkpoint
 from cryokube.processing.simulate import phantom_volume, simulate_particles
-from cryokube.processing.storage import PosixStorage
+from cryokube.processing.storage import PosixStorage, S3Storage, Storage
 from cryokube.processing.worker.context import JobContext, ResolvedInput, scratch_dir
 from cryokube.processing.worker.manifest import JobManifest
 from cryokube.processing.worker.reporter import Reporter
 from cryokube.processing.worker.runtime import EXIT_TRANSIENT, resolve_inputs
 from cryokube.processing.worker.settings import SettingsError, WorkerSettings, settings_from_env
 from test_jobs_reconstruction import BOX_PX, PIXEL_SIZE_A, manifest, run_ok, write_stacks
+from test_storage import s3_with_iam
 from test_worker_runtime import run_worker
 
 PARTICLES = [{"job": "import", "output": "particles"}]
@@ -333,8 +334,14 @@ def test_a_bad_checkpoint_interval_names_the_variable(value: str) -> None:
 # -- the checkpoint file itself ------------------------------------------------------------
 
 
-def context(root: Path, params: dict[str, Any], upstream_uid: str = "uid-import") -> JobContext:
-    """A classify_2d context whose particles come from a (manifest-only) upstream job."""
+def context(
+    root: Path,
+    params: dict[str, Any],
+    upstream_uid: str = "uid-import",
+    storage: Storage | None = None,
+) -> JobContext:
+    """A classify_2d context whose particles come from a (manifest-only) upstream job; its
+    folder is ``classes`` in ``storage`` (default: ``root``)."""
     job_type = get_job_type("classify_2d")
     upstream = JobManifest(
         project="p",
@@ -353,7 +360,7 @@ def context(root: Path, params: dict[str, Any], upstream_uid: str = "uid-import"
         job_uid="uid-classes",
         project="p",
         inputs={"particles": [ResolvedInput("particles", "import", "particles", upstream)]},
-        storage=PosixStorage(root),
+        storage=PosixStorage(root) if storage is None else storage,
         reporter=Reporter(root / "spool", url=None, job_uid="uid-classes", token=None),
         scratch=root / "scratch",
         checkpoint_interval_s=0.0,
@@ -484,3 +491,22 @@ def test_the_next_start_removes_a_killed_save_and_resumes(tmp_path: Path) -> Non
     assert resumed is not None
     assert resumed.iteration == 2
     assert sorted(p.name for p in folder.iterdir()) == sorted(["iteration.npz", *other])
+
+
+@pytest.mark.s3
+def test_a_policy_without_multipart_listing_only_warns_at_the_start(tmp_path: Path) -> None:
+    """S3 without ``s3:ListBucketMultipartUploads``: the start cannot look for an interrupted
+    upload, says so, and the checkpoint still saves and resumes."""
+    # moto names HEAD and ListObjectsV2 after the API calls (AWS: GetObject and ListBucket)
+    allowed = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"]
+    allowed += ["s3:HeadObject", "s3:ListObjectsV2"]
+    with s3_with_iam(tmp_path / "moto", allowed) as (client, bucket):
+        ctx = context(tmp_path, CLASSIFY, storage=S3Storage(client, bucket, "p"))
+        assert Checkpoint(ctx, Class2DState, n_iterations=6).start("classifying") is None
+        [warning] = warnings_of(ctx)
+        assert "left an interrupted save in place: s3://locked/p/classes/" in warning
+        assert "access denied" in warning
+        Checkpoint(ctx, Class2DState, n_iterations=6).save(state(2))
+        resumed = Checkpoint(ctx, Class2DState, n_iterations=6).start("classifying")
+        assert resumed is not None
+        assert resumed.iteration == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -173,13 +175,14 @@ def test_s3_discard_partial_aborts_the_key_s_incomplete_uploads(
     assert store.list() == []
 
 
-@pytest.fixture
-def s3_denied(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+@contextlib.contextmanager
+def s3_with_iam(workdir: Path, allowed_actions: list[str]) -> Iterator[tuple[Any, str]]:
     """A bucket holding ``p/a.bin`` on a moto server of its own that enforces IAM, and a client
-    of a user with no policy (the shared server stays open)."""
+    of a user allowed only ``allowed_actions`` (``s3:GetObject``, ...); the shared server stays
+    open."""
     import boto3
 
-    with servers.s3_server(tmp_path / "moto-auth") as server:
+    with servers.s3_server(workdir) as server:
 
         def client(service: str, key_id: str = "testing", secret: str = "testing") -> Any:
             return boto3.client(
@@ -193,8 +196,15 @@ def s3_denied(tmp_path: Path) -> Iterator[tuple[Any, str]]:
         client("s3").create_bucket(Bucket="locked")
         client("s3").put_object(Bucket="locked", Key="p/a.bin", Body=b"a")
         iam = client("iam")
-        iam.create_user(UserName="nobody")
-        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        iam.create_user(UserName="worker")
+        if allowed_actions:
+            statement = {"Effect": "Allow", "Action": allowed_actions, "Resource": "*"}
+            iam.put_user_policy(
+                UserName="worker",
+                PolicyName="worker",
+                PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}),
+            )
+        key = iam.create_access_key(UserName="worker")["AccessKey"]
         request = urllib.request.Request(
             f"{server.endpoint_url}/moto-api/reset-auth",
             data=b"0",
@@ -204,6 +214,13 @@ def s3_denied(tmp_path: Path) -> Iterator[tuple[Any, str]]:
         with urllib.request.urlopen(request) as response:
             assert response.status == 200
         yield client("s3", key["AccessKeyId"], key["SecretAccessKey"]), "locked"
+
+
+@pytest.fixture
+def s3_denied(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """:func:`s3_with_iam` for a user with no policy."""
+    with s3_with_iam(tmp_path / "moto-auth", []) as denied:
+        yield denied
 
 
 @pytest.mark.s3

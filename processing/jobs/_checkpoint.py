@@ -113,9 +113,15 @@ class Checkpoint(Generic[S]):
         """The state to resume from, or None; reports progress where the run starts.
 
         First removes what a predecessor killed while saving left behind (a temporary file
-        beside the checkpoint, or an incomplete multipart upload).
+        beside the checkpoint, or an incomplete multipart upload); where that fails (an S3
+        policy without ``s3:ListBucketMultipartUploads``), it logs a warning and goes on.
         """
-        self.ctx.storage.discard_partial(self.key)
+        from cryokube.processing.storage import StorageError
+
+        try:
+            self.ctx.storage.discard_partial(self.key)
+        except StorageError as error:
+            self.ctx.log(f"left an interrupted save in place: {error}", level="warning")
         state = self.load()
         self._saved_at = time.monotonic()
         if state is None:
