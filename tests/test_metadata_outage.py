@@ -36,7 +36,9 @@ async def test_mongodb_down_answers_503_with_retry_after(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
     with servers.mongo_server(tmp_path) as dedicated:
-        api = await aiohttp_client(create_app(make_settings(dedicated.uri, "outage")))
+        # A short server-selection timeout: the 503 comes after two attempts of 0.5 s.
+        settings = make_settings(dedicated.uri, "outage", server_selection_timeout_ms=500)
+        api = await aiohttp_client(create_app(settings))
         resp = await api.post("/api/v1/projects", json={"name": "apo"}, headers=admin())
         assert resp.status == 201
         servers.stop_process(dedicated.proc)

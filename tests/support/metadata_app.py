@@ -18,14 +18,16 @@ ADMIN_GROUP = "cryokube-admins"
 
 
 def make_settings(uri: str, database: str, **overrides: object) -> Settings:
-    """Settings for a test app: short timeouts so outages answer within a second."""
+    """Settings for a test app: two quick attempts per store operation, with the service's own 2 s
+    server-selection timeout so that a slow answer on a loaded runner is not taken for an outage
+    (outage tests pass a shorter one)."""
     values: dict[str, object] = {
         "mongodb_uri": uri,
         "database": database,
         "token_secret": TOKEN_SECRET,
         "service_token": SERVICE_TOKEN,
         "proxy_secret": PROXY_SECRET,
-        "server_selection_timeout_ms": 400,
+        "server_selection_timeout_ms": 2000,
         "store_attempts": 2,
         "store_backoff_s": 0.05,
         "retry_after_s": 3,
