@@ -252,6 +252,24 @@ def rfft2_cropped(x: Array, new_shape: tuple[int, int]) -> Array:
     return out
 
 
+def irfft2_near_zero(f: Array, shape: tuple[int, int], half: int) -> Array:
+    """``irfft2(f, shape)`` at the ``2 * half`` indices nearest zero along each axis only.
+
+    The result keeps FFT order: indices ``0 .. half - 1`` then ``n - half .. n - 1`` of each
+    axis (the maps near zero shift of cross-correlations). Only those rows are transformed
+    along x: about half of the work of :func:`irfft2` where ``2 * half`` is much less than ny.
+    """
+    xp = array_module(f)
+    fft = fft_module(f)
+    ny, nx = shape
+    if not 0 < 2 * half <= min(ny, nx):
+        raise ValueError(f"half must be positive and at most half of {shape}, got {half}")
+    index = [xp.concatenate([xp.arange(half), xp.arange(n - half, n)]) for n in shape]
+    rows = fft.ifft(f, axis=-2, **_fft_kwargs(f))[..., index[0], :]
+    out = fft.irfft(rows, n=nx, axis=-1, **_fft_kwargs(f))[..., index[1]]
+    return out.astype(np.float64 if f.dtype == np.complex128 else DEFAULT_DTYPE, copy=False)
+
+
 def fourier_resample(x: Array, new_shape: tuple[int, ...]) -> Array:
     """Resample real images/volumes (trailing ``len(new_shape)`` axes) by Fourier crop/pad."""
     ndim = len(new_shape)

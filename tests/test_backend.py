@@ -123,6 +123,16 @@ def test_rfft2_cropped_is_the_fourier_crop_of_rfft2(xp: ModuleType, new_shape: A
     np.testing.assert_allclose(small, truth, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(64, 48), (63, 47)])
+def test_irfft2_near_zero_is_irfft2_near_zero(xp: ModuleType, shape: Any) -> None:
+    image = _image(shape)
+    half = 5
+    near = bk.to_host(bk.irfft2_near_zero(bk.rfft2(xp.asarray(image)), shape, half))
+    rows = np.r_[0:half, shape[0] - half : shape[0]]
+    cols = np.r_[0:half, shape[1] - half : shape[1]]
+    np.testing.assert_allclose(near, image[rows[:, None], cols[None, :]], atol=1e-5)
+
+
 def test_fourier_resample_odd_volume_preserves_mean(xp: ModuleType) -> None:
     vol = _image((15, 15, 15)) + 3.0
     small = bk.to_host(bk.fourier_resample(xp.asarray(vol), (9, 9, 9)))

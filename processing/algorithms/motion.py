@@ -48,6 +48,7 @@ from cryokube.processing.backend import (
     fourier_resample,
     fourier_shift,
     irfft2,
+    irfft2_near_zero,
     rfft2,
     rfft2_cropped,
     to_host,
@@ -214,7 +215,7 @@ def _align_spectra(
     Frames are shifted and cross-correlated ``_FRAME_CHUNK`` at a time, so the temporaries stay a
     fraction of the spectra's size, with the chunks on several threads unless ``parallel`` is
     false (the caller already runs several stacks at once). Only the correlations within the
-    search radius are searched for the peak.
+    search radius are computed (the inverse transform of the rows near zero shift).
     """
     xp = array_module(spectra)
     shifts = xp.zeros((*spectra.shape[:-2], 2), dtype=np.float32)
@@ -243,8 +244,14 @@ def _align_spectra(
             xp.conj(product, out=product)
             product *= chunk
             product *= weight
-            cc = irfft2(product, shape)
-            return find_peaks(_near_zero(cc, search + 1), max_shift_px=search)
+            # Only the correlations within the search radius (and their neighbours) are needed.
+            half = math.ceil(search) + 2
+            cc = (
+                irfft2_near_zero(product, shape, half)
+                if 2 * half <= min(shape)
+                else irfft2(product, shape)
+            )
+            return find_peaks(cc, max_shift_px=search)
 
         parts = run(peaks)
         del aligned, peaks
@@ -256,17 +263,6 @@ def _align_spectra(
         if float(xp.max(xp.abs(residual))) < tolerance_px:
             break
     return shifts
-
-
-def _near_zero(cc: Array, radius_px: float) -> Array:
-    """The maps' values within ``radius_px`` of the zero shift, still in FFT order (zero shift
-    at [..., 0, 0]): :func:`find_peaks` then scans a few thousand values, not whole maps."""
-    xp = array_module(cc)
-    half = math.ceil(radius_px) + 1
-    if 2 * half >= min(cc.shape[-2:]):
-        return cc
-    index = [xp.concatenate([xp.arange(half), xp.arange(n - half, n)]) for n in cc.shape[-2:]]
-    return cc[..., index[0][:, None], index[1][None, :]]
 
 
 def _deformation_design(
@@ -528,13 +524,12 @@ def align_movie(
     small_pixel_A = pixel_size_A * padded[0] / small[0]
     # Windows and padding are filled with each frame's mean, computed once.
     means = _parallel_map(lambda i: xp.mean(frames[i], dtype=np.float32), range(first, stop), xp)
-    spectra = xp.stack(
-        _parallel_map(
-            lambda i: rfft2_cropped(_padded(frames[first + i], padded, means[i]), small),
-            range(n_frames),
-            xp,
-        )
-    )
+    spectra = xp.empty((n_frames, small[0], small[1] // 2 + 1), dtype=np.complex64)
+
+    def bin_frame(i: int) -> None:
+        spectra[i] = rfft2_cropped(_padded(frames[first + i], padded, means[i]), small)
+
+    _parallel_map(bin_frame, range(n_frames), xp)
     global_small = _align_spectra(
         spectra,
         small,
