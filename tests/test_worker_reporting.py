@@ -151,8 +151,9 @@ async def test_killed_worker_retry_duplicates_nothing(service: Service, tmp_path
     root = project_with_movies(tmp_path / "project", 40)
     token = await register(service, "import-b")
     proc = await start_worker(root, service, "import-b", token)
-    # Killed while reading movies, its first progress report (seq 2) delivered: the retry resends
-    # what was spooled but not acknowledged, and the service must not count anything twice.
+    # Killed while reading movies, with reports up to the second movie's progress (seq 2)
+    # delivered: the retry resends what was spooled but not acknowledged, and the service must
+    # not count anything twice.
     acked = spool_dir(root, "import-b") / ACKED_NAME
     await wait_for_worker(
         proc, lambda: acked.exists() and int(acked.read_text()) >= 2, "progress delivered"
