@@ -15,8 +15,9 @@ with the projector) and masks the corners outside the box's inscribed sphere, as
 Against RELION 3.1.3 ``relion_reconstruct --ctf`` on the same simulated particles (64 px,
 2 A/px, SNR 0.1, CTF; 1,000, 2,000 and 4,000 particles) the FSC against the truth is at most
 0.0002 below RELION's at any shell up to 4.1 A, up to 0.0007 above, and 0.0002 above on
-average. Without the corner mask it was lower at every shell (by 0.11 at 7.1 A: 5.57 A against RELION's 5.12 A at 2,000
-particles); with the mask but a plain division of data by weights, up to 0.004 lower.
+average. Without the corner mask it was lower at every shell (by 0.11 at 7.1 A: 5.57 A
+against RELION's 5.12 A at 2,000 particles); with the mask but a plain division of data by
+weights, up to 0.004 lower.
 
 Conventions are those of :mod:`cryokube.processing.algorithms.projection`: volumes ``[z, y, x]``
 centred at voxel ``N//2``, images ``[y, x]`` centred at pixel ``N//2``, poses ``A`` with
