@@ -86,6 +86,17 @@ def test_posix_failed_write_leaves_old_object(tmp_path: Path) -> None:
     assert store.list() == ["a.bin"]
 
 
+def test_posix_discard_partial_that_cannot_remove_is_a_storage_error(tmp_path: Path) -> None:
+    """What the checkpoint start logs as a warning: a StorageError naming the leftover."""
+    store = PosixStorage(tmp_path)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / ".a.npz.q1w2e3.tmp").mkdir()  # unlink fails on it, as on a read-only share
+    store.write_bytes("ck/.b.npz.r4t5y6.tmp", b"partial")  # another key's: not touched
+    with pytest.raises(StorageError, match=r"^ck/a\.npz: cannot remove .*\.a\.npz\.q1w2e3\.tmp"):
+        store.discard_partial("ck/a.npz")
+    assert (tmp_path / "ck" / ".b.npz.r4t5y6.tmp").exists()
+
+
 @pytest.mark.s3
 def test_s3_multipart_round_trip_through_cache(
     s3_client: Any, s3_bucket: str, tmp_path: Path

@@ -83,5 +83,8 @@ class PosixStorage:
 
     def discard_partial(self, key: str) -> None:
         """Remove the temporary files of a killed atomic write beside ``key``."""
-        for tmp in temporaries_of(self.path(key)):
-            tmp.unlink(missing_ok=True)
+        try:
+            for tmp in temporaries_of(self.path(key)):
+                tmp.unlink(missing_ok=True)
+        except OSError as error:  # e.g. a read-only or permission-denied share
+            raise StorageError(f"{key}: cannot remove {error.filename}: {error.strerror}") from None
