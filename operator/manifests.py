@@ -315,6 +315,12 @@ def build_child_job(
         },
         {"name": "CRYOKUBE_SHARDS", "value": str(job.spec.shards)},
         {"name": "CRYOKUBE_CACHE_DIR", "value": cache.mount_path},
+        # The worker's CPU threads: the pod's CPU request in whole cores (rounded up), not the
+        # node's core count, which would multiply per-thread buffers past the memory limit.
+        {
+            "name": "CRYOKUBE_FFT_WORKERS",
+            "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}},
+        },
         *storage_env,
         {
             "name": "CRYOKUBE_JOB_TOKEN",

@@ -15,9 +15,14 @@ Conventions
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,13 +40,60 @@ Array = Any
 
 DEFAULT_DTYPE = np.float32
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+_CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_pool_thread = threading.local()
+
+
+def cgroup_cpu_limit(cpu_max: str) -> int | None:
+    """Whole cores a cgroup v2 ``cpu.max`` line (``"<quota> <period>"`` or ``"max ..."``) allows,
+    rounded up; ``None`` without a quota."""
+    quota, _, period = cpu_max.strip().partition(" ")
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
 
 def fft_workers() -> int:
-    """Number of CPU threads for scipy.fft: ``CRYOKUBE_FFT_WORKERS`` or all cores."""
+    """CPU threads for scipy.fft and :func:`parallel_map`.
+
+    ``CRYOKUBE_FFT_WORKERS`` when set (worker pods get their CPU request there, since a node's
+    core count says nothing of a pod's share), else the cores this process may run on, capped
+    by its cgroup's CPU quota; 1 inside a :func:`parallel_map` thread, which is one of them.
+    """
+    if getattr(_pool_thread, "inside", False):
+        return 1
     value = os.environ.get("CRYOKUBE_FFT_WORKERS")
     if value:
         return max(1, int(value))
-    return os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
+    try:
+        limit = cgroup_cpu_limit(_CGROUP_CPU_MAX.read_text())
+    except OSError:  # cgroup v1 or no cgroup file system
+        limit = None
+    return min(cores, limit) if limit else cores
+
+
+def parallel_map(fn: Callable[[_T], _R], items: Sequence[_T], xp: ModuleType) -> list[_R]:
+    """``[fn(item) for item in items]``, on up to :func:`fft_workers` threads for numpy arrays.
+
+    numpy's element-wise operations and scipy.fft release the GIL, so frames, patches or tiles
+    handled one per thread use every core where most numpy work would run on one; each thread's
+    own FFTs then run on one thread. On the GPU the items run in order (one stream).
+    """
+    workers = min(fft_workers(), len(items))
+    if xp is not np or workers <= 1:
+        return [fn(item) for item in items]
+
+    def run(item: _T) -> _R:
+        _pool_thread.inside = True
+        return fn(item)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backend") as pool:
+        return list(pool.map(run, items))
 
 
 def gpu_available() -> bool:

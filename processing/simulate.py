@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.ndimage as ndi
 from cryokube.processing.algorithms.projection import extract_slices, fourier_volume
-from cryokube.processing.backend import fft_workers, fourier_shift, irfft2, rfft2
+from cryokube.processing.backend import fourier_shift, irfft2, parallel_map, rfft2
 from cryokube.processing.ctf import ctf_2d
 from cryokube.processing.geometry import euler_to_axis_angle, euler_to_matrix, matrix_to_euler
 from cryokube.processing.io.movies import write_movie_mrc, write_movie_tiff
@@ -864,8 +863,7 @@ def simulate_movie(
         frames[f] = np.minimum(frame_rngs[f].poisson(rate), np.iinfo(np.uint16).max)
 
     # Poisson sampling and the FFTs release the GIL, so frames are made on all cores
-    with ThreadPoolExecutor(max_workers=min(fft_workers(), n_frames)) as pool:
-        list(pool.map(make_frame, range(n_frames)))
+    parallel_map(make_frame, range(n_frames), np)
     if int(frames.max()) <= np.iinfo(np.uint8).max:
         return Movie(frames.astype(np.uint8), truth)
     return Movie(frames, truth)

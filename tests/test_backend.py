@@ -7,6 +7,7 @@ array module, the CuPy run marked ``gpu`` and skipped without a device, after
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -199,3 +200,23 @@ def test_integer_volume_shift_equals_roll(xp: ModuleType) -> None:
     for i in range(2):
         expected = np.roll(bk.to_host(vol[i]), bk.to_host(shifts[i]).astype(int), axis=(0, 1, 2))
         np.testing.assert_allclose(bk.to_host(moved[i]), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"),
+    [("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)],
+)
+def test_cgroup_cpu_limit_rounds_the_quota_up(cpu_max: str, cores: int | None) -> None:
+    assert bk.cgroup_cpu_limit(cpu_max) == cores
+
+
+def test_fft_workers_follow_the_setting_and_are_one_inside_parallel_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRYOKUBE_FFT_WORKERS", "3")
+    assert bk.fft_workers() == 3
+    # each of the 3 threads runs its own FFTs on one thread, in order of the items
+    inner = bk.parallel_map(lambda i: (i, bk.fft_workers()), range(7), np)
+    assert inner == [(i, 1) for i in range(7)]
+    monkeypatch.delenv("CRYOKUBE_FFT_WORKERS")
+    assert 1 <= bk.fft_workers() <= len(os.sched_getaffinity(0))

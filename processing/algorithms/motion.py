@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TypeVar
 
 import numpy as np
 import scipy.fft
@@ -44,11 +41,11 @@ from cryokube.processing.backend import (
     Array,
     array_module,
     fft_freqs,
-    fft_workers,
     fourier_resample,
     fourier_shift,
     irfft2,
     irfft2_near_zero,
+    parallel_map,
     rfft2,
     rfft2_cropped,
     to_host,
@@ -74,23 +71,6 @@ _FRAME_CHUNK = 8
 _SPATIAL_TERMS = 6
 # Temporal terms: t, t^2, t^3 (the constant is the arbitrary per-patch offset, removed).
 _TIME_TERMS = 3
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def _parallel_map(fn: Callable[[_T], _R], items: Iterable[_T], xp: ModuleType) -> list[_R]:
-    """``[fn(item) for item in items]``, on ``fft_workers()`` threads for numpy arrays.
-
-    numpy's element-wise operations and scipy.fft release the GIL, so frames, patches or tiles
-    handled one per thread use every core where most numpy work would run on one. On the GPU
-    the items run in order (one stream).
-    """
-    workers = fft_workers()
-    if xp is not np or workers == 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="motion") as pool:
-        return list(pool.map(fn, items))
 
 
 @dataclass(frozen=True)
@@ -204,7 +184,6 @@ def _align_spectra(
     max_shift_px: float,
     max_iterations: int,
     tolerance_px: float,
-    parallel: bool = True,
 ) -> Array:
     """Iteratively align each frame to the sum of the others (MotionCor2's global scheme).
 
@@ -213,8 +192,8 @@ def _align_spectra(
     ``shape``, with the first frame at zero. Each iteration measures the residual shift of the
     already-aligned frame, so the sub-pixel parabola is fitted at a centred, symmetric peak.
     Frames are shifted and cross-correlated ``_FRAME_CHUNK`` at a time, so the temporaries stay a
-    fraction of the spectra's size, with the chunks on several threads unless ``parallel`` is
-    false (the caller already runs several stacks at once). Only the correlations within the
+    fraction of the spectra's size, with the chunks on several threads (on one inside a
+    :func:`~cryokube.processing.backend.parallel_map` thread: the caller runs several stacks). Only the correlations within the
     search radius are computed (the inverse transform of the rows near zero shift).
     """
     xp = array_module(spectra)
@@ -225,15 +204,12 @@ def _align_spectra(
     weight = weight.astype(np.complex64)
     chunks = [slice(s, s + _FRAME_CHUNK) for s in range(0, n_frames, _FRAME_CHUNK)]
 
-    def run(fn: Callable[[slice], _R]) -> list[_R]:
-        return _parallel_map(fn, chunks, xp) if parallel else [fn(c) for c in chunks]
-
     for _ in range(max_iterations):
 
         def shifted(c: slice, shifts: Array = shifts) -> Array:
             return fourier_shift(spectra[..., c, :, :], -shifts[..., c, :], shape)
 
-        aligned = run(shifted)
+        aligned = parallel_map(shifted, chunks, xp)
         total = sum(xp.sum(part, axis=-3, keepdims=True) for part in aligned)
 
         def peaks(
@@ -253,7 +229,7 @@ def _align_spectra(
             )
             return find_peaks(cc, max_shift_px=search)
 
-        parts = run(peaks)
+        parts = parallel_map(peaks, chunks, xp)
         del aligned, peaks
         residual = xp.concatenate(parts, axis=-2)
         shifts = shifts + residual
@@ -523,13 +499,13 @@ def align_movie(
     scale = xp.asarray([padded[0] / small[0], padded[1] / small[1]], dtype=np.float32)
     small_pixel_A = pixel_size_A * padded[0] / small[0]
     # Windows and padding are filled with each frame's mean, computed once.
-    means = _parallel_map(lambda i: xp.mean(frames[i], dtype=np.float32), range(first, stop), xp)
+    means = parallel_map(lambda i: xp.mean(frames[i], dtype=np.float32), range(first, stop), xp)
     spectra = xp.empty((n_frames, small[0], small[1] // 2 + 1), dtype=np.complex64)
 
     def bin_frame(i: int) -> None:
         spectra[i] = rfft2_cropped(_padded(frames[first + i], padded, means[i]), small)
 
-    _parallel_map(bin_frame, range(n_frames), xp)
+    parallel_map(bin_frame, range(n_frames), xp)
     global_small = _align_spectra(
         spectra,
         small,
@@ -639,11 +615,10 @@ def _patch_trajectories(
             max_shift_px=max(4.0, min(size) / 8.0),
             max_iterations=max_iterations,
             tolerance_px=tolerance_px,
-            parallel=False,
         )
 
     # One patch per thread: all patches at once would hold 2.25x the frames (50% overlap).
-    shifts = xp.stack(_parallel_map(lambda corner: patch_shifts(*corner), corners, xp))
+    shifts = xp.stack(parallel_map(lambda corner: patch_shifts(*corner), corners, xp))
     centres = [(top + size[0] / 2.0, left + size[1] / 2.0) for top, left in corners]
     return xp.asarray(centres, dtype=np.float32), shifts
 
@@ -739,5 +714,5 @@ def _corrected_sums(
         plain[rows, cols] = plain_tile[core]
         weighted[rows, cols] = weighted_tile[core]
 
-    _parallel_map(add_tile, range(tiles_y * tiles_x), xp)
+    parallel_map(add_tile, range(tiles_y * tiles_x), xp)
     return weighted, plain

@@ -9,6 +9,8 @@ or ``s3://bucket/prefix``), ``CRYOKUBE_CACHE_DIR``, ``CRYOKUBE_METADATA_URL`` an
 and ``CRYOKUBE_CHECKPOINT_INTERVAL_S`` (seconds, default 60; 0: after every iteration) sets the
 least time between two iteration checkpoints of a long job (2D classification, ab-initio,
 refinement): a retried pod redoes at most that much work plus one iteration.
+``CRYOKUBE_FFT_WORKERS`` (the pod's CPU request) bounds the worker's CPU threads, read by
+:func:`cryokube.processing.backend.fft_workers`.
 """
 
 from __future__ import annotations
