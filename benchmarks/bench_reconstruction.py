@@ -35,7 +35,12 @@ import time
 import numpy as np
 from cryokube.processing.algorithms.abinitio import ab_initio, compare_hands
 from cryokube.processing.algorithms.class2d import Class2DResult, classify_2d
-from cryokube.processing.algorithms.fsc import fsc, resolution_at_threshold, soft_spherical_mask
+from cryokube.processing.algorithms.fsc import (
+    fsc,
+    masked_fsc,
+    resolution_at_threshold,
+    soft_spherical_mask,
+)
 from cryokube.processing.algorithms.projection import project
 from cryokube.processing.algorithms.reconstruction import reconstruct
 from cryokube.processing.algorithms.refine import back_project_halves, refine_3d
@@ -244,9 +249,9 @@ def abinitio_then_refine(_machine: dict[str, float]) -> list[Record]:
         ctf=ctf,
     )
     mask = soft_spherical_mask((BOX,) * 3, radius_px=0.4 * BOX)
-    known_A = resolution_at_threshold(
-        fsc(known[0] * mask, known[1] * mask), box_size_px=BOX, pixel_size_A=PIXEL_SIZE_A
-    )
+    # the same corrected masked FSC (and mask) as the refinement's own gold-standard figure
+    known_fsc = masked_fsc(known[0], known[1], mask, rng=np.random.default_rng(0)).corrected
+    known_A = resolution_at_threshold(known_fsc, box_size_px=BOX, pixel_size_A=PIXEL_SIZE_A)
     hands = compare_hands(result.full_map, truth_volume, pixel_size_A=PIXEL_SIZE_A)
     against_truth_A = resolution_at_threshold(
         fsc(hands.aligned * mask, truth_volume * mask),
