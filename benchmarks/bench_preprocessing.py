@@ -71,10 +71,9 @@ def _drifting_movie(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return frames, drift
 
 
-def _cpu_s(who: int) -> float:
-    """User plus system CPU seconds of this process (``RUSAGE_SELF``, all its threads) or of
-    its finished children (``RUSAGE_CHILDREN``, a peer and what it ran)."""
-    usage = resource.getrusage(who)
+def _cpu_s() -> float:
+    """User plus system CPU seconds of this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -95,9 +94,9 @@ def motion(machine: dict[str, float]) -> list[Record]:
             )
 
         load_ours = os.getloadavg()[0]
-        cpu_before = _cpu_s(resource.RUSAGE_SELF)
+        cpu_before = _cpu_s()
         result, seconds, peak_MB = timed(run)
-        cpu_ours = _cpu_s(resource.RUSAGE_SELF) - cpu_before
+        cpu_ours = _cpu_s() - cpu_before
         error = result.global_shifts_px - (drift - drift[0])
         error -= error.mean(axis=0)
         rms_px = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
@@ -108,14 +107,12 @@ def motion(machine: dict[str, float]) -> list[Record]:
         memory_s = 2 * n_bytes / (machine["memory_bandwidth_GBps"] * 1e9)
         roofline_s = max(cpu_s, memory_s)
         load_peer = os.getloadavg()[0]
-        cpu_before = _cpu_s(resource.RUSAGE_CHILDREN)
         peer = peers.relion_motioncorr(
             path,
             pixel_size_A=MOVIE_PIXEL_A,
             dose=DOSE_E_PER_A2,
             truth_shifts_px=drift - drift[0],
         )
-        cpu_peer = _cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
     notes = f"{n_frames} x {ny} x {nx} uint8 LZW TIFF, 5x5 patches; global trajectory truth"
     return [
         Record(
@@ -139,7 +136,7 @@ def motion(machine: dict[str, float]) -> list[Record]:
                 # CPU seconds (all threads) move far less with the other work on the machine
                 # than wall times do: the work each tool did on the same movie.
                 "cpu_s_ours": cpu_ours,
-                "cpu_s_peer": cpu_peer if peer.seconds is not None else None,
+                "cpu_s_peer": peer.cpu_s,
                 # Other work on the machine moves both timings: the 1-minute load average as
                 # each run starts, and once both have finished.
                 "load_average_1min_before_ours": load_ours,

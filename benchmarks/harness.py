@@ -97,6 +97,8 @@ class ProcessResult:
     wall_s: float
     peak_rss_MB: float
     output: str
+    cpu_s: float
+    """User plus system CPU seconds of the peer (and of the processes it waited for)."""
 
 
 # A small intermediary forks the peer and reports the peer's own peak RSS. Linux carries a
@@ -109,7 +111,7 @@ if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as f:
-    f.write(str(usage.ru_maxrss))
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -121,12 +123,13 @@ def run_process(
     env: dict[str, str] | None = None,
     timeout_s: float = 3600,
 ) -> ProcessResult:
-    """Run a peer command; its wall time and its own peak RSS (``wait4`` of that child)."""
+    """Run a peer command; its wall time, its own peak RSS and CPU time (``wait4`` of that
+    child: not the benchmark's, nor that of an install run before it)."""
     with tempfile.TemporaryDirectory(prefix="cryokube-bench-") as tmp:
-        rss_file = Path(tmp) / "maxrss_kB"
+        usage_file = Path(tmp) / "maxrss_kB_cpu_s"
         t0 = time.perf_counter()
         with subprocess.Popen(
-            [sys.executable, "-c", _MEASURE, str(rss_file), *argv], cwd=cwd,
+            [sys.executable, "-c", _MEASURE, str(usage_file), *argv], cwd=cwd,
             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         ) as proc:  # fmt: skip
@@ -137,8 +140,8 @@ def run_process(
                 out, _ = proc.communicate()
             code = proc.returncode
         wall = time.perf_counter() - t0
-        peak_kB = int(rss_file.read_text()) if rss_file.exists() else 0
-    return ProcessResult(code, wall, peak_kB / 1024, out)
+        peak_kB, cpu_s = usage_file.read_text().split() if usage_file.exists() else (0, 0)
+    return ProcessResult(code, wall, int(peak_kB) / 1024, out, float(cpu_s))
 
 
 def write_report(

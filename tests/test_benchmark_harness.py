@@ -62,6 +62,15 @@ def test_peer_process_peak_memory_is_its_own(harness: ModuleType) -> None:
     assert small.peak_rss_MB < alloc_MB  # not the maximum over every child so far
 
 
+def test_peer_process_cpu_time_is_its_own(harness: ModuleType) -> None:
+    busy = "import time\nwhile time.process_time() < 0.5: pass"
+    result = harness.run_process([sys.executable, "-c", busy])
+    assert result.returncode == 0
+    assert 0.5 <= result.cpu_s < 5.0
+    idle = harness.run_process([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    assert idle.cpu_s < 0.5 <= idle.wall_s  # sleeping costs wall time, not CPU time
+
+
 def test_timed_returns_the_result_and_its_numpy_peak(harness: ModuleType) -> None:
     import numpy as np
 

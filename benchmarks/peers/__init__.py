@@ -33,13 +33,14 @@ REPO = PEERS.parents[1]
 
 @dataclass
 class PeerResult:
-    """One peer run: wall seconds, accuracy in the benchmark's unit, peak RSS, notes."""
+    """One peer run: wall and CPU seconds, accuracy in the benchmark's unit, peak RSS, notes."""
 
     name: str
     seconds: float | None = None
     accuracy: float | None = None
     peak_MB: float | None = None
     notes: str = ""
+    cpu_s: float | None = None
 
 
 def _tail(text: str, n: int = 300) -> str:
@@ -151,6 +152,7 @@ def relion_motioncorr(
         peak_MB=run.peak_rss_MB,
         notes="ran",
         accuracy=_trajectory_rms_px(np.stack([dy, dx], axis=1), truth_shifts_px),
+        cpu_s=run.cpu_s,
     )
 
 
