@@ -15,7 +15,10 @@ Against RELION 3.1.3 ``relion_reconstruct --ctf`` on the same simulated particle
 2 A/px, SNR 0.1, CTF, 2,000 particles) the FSC against the truth differs from RELION's by -0.004
 to +0.006 per shell up to 4.1 A (from its ``--skip_gridding`` map by at most 0.004, about as
 much as RELION's two maps differ), both maps reaching 5.12 A; without the corner mask ours
-reached 5.57 A, lower at every shell (by 0.11 at 7.1 A).
+reached 5.57 A, lower at every shell (by 0.11 at 7.1 A). RELION's iterative gridding weights
+(Pipe & Menon's density compensation with a Kaiser-Bessel blob, in place of the plain division)
+closed that last 0.004 but cost ab-initio plus refinement of 10,000 particles a whole step
+(gold-standard 6.10 A to 7.11 A, 6.10 A to 14.2 A against the truth), so they are not used.
 
 Conventions are those of :mod:`cryokube.processing.algorithms.projection`: volumes ``[z, y, x]``
 centred at voxel ``N//2``, images ``[y, x]`` centred at pixel ``N//2``, poses ``A`` with
