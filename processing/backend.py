@@ -15,6 +15,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -69,6 +70,13 @@ def fft_workers() -> int:
     value = os.environ.get("CRYOKUBE_FFT_WORKERS")
     if value:
         return max(1, int(value))
+    return _process_cpus()
+
+
+@functools.cache
+def _process_cpus() -> int:
+    """The cores this process may run on, capped by its cgroup's quota (read once: every FFT
+    asks for its thread count)."""
     cores = len(os.sched_getaffinity(0))
     try:
         limit = cgroup_cpu_limit(_CGROUP_CPU_MAX.read_text())
