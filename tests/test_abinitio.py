@@ -167,6 +167,7 @@ def test_ab_initio_job_writes_a_map_per_class_in_the_reference_hand(tmp_path: Pa
                 "blob/path": names * truth.size,
                 "blob/idx": np.arange(truth.size, dtype=np.uint32),
                 "blob/psize_A": np.full(truth.size, pixel_size_A, np.float32),
+                "blob/sign": np.full(truth.size, -1.0, np.float32),  # raw contrast
                 "ctf/df1_A": defocus_A,
                 "ctf/df2_A": np.concatenate([s.truth.defocus_v_A for s in stacks]).astype(
                     np.float32

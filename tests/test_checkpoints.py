@@ -88,6 +88,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "blob/path": [names[0]] * n,
                 "blob/idx": np.arange(n, dtype=np.uint32),
                 "blob/psize_A": np.full(n, PIXEL_SIZE_A, np.float32),
+                "blob/sign": np.full(n, -1.0, np.float32),  # raw contrast: protein dark
                 "ctf/df1_A": t.defocus_u_A.astype(np.float32),
                 "ctf/df2_A": t.defocus_v_A.astype(np.float32),
                 "ctf/df_angle_rad": np.radians(t.astig_angle_deg).astype(np.float32),

@@ -20,6 +20,9 @@ def test_small_demo_recovers_the_truth(tmp_path: Path) -> None:
     assert result.defocus_mean_error_percent < 5.0
     assert result.pick_recall >= 0.8
     assert result.pick_precision >= 0.6
-    # 150-odd particles in a 40 px box at 2.5 A/px: the gold-standard map is far from
-    # Nyquist (5 A) but must be a real reconstruction, not noise (box/2 would be 100 A).
-    assert result.final_resolution_A < 20.0
+    # about 75 particles in a 40 px box at 2.5 A/px. The map, superposed on the truth, must
+    # resemble it (0.68 measured; the same map with its contrast inverted scores 0.42). The
+    # gold-standard figure only has to be a real one (box/2 would be 100 A): with so few
+    # particles a small change in the data moves its 0.143 crossing between 11 and 20 A.
+    assert result.map_truth_correlation > 0.55
+    assert result.final_resolution_A <= 25.0

@@ -295,6 +295,8 @@ def test_extraction_boxes_every_particle_inside_the_micrograph(
     # contrast inverted: the particles (dark in the micrographs) are white in the boxes
     centre = np.hypot(yy, xx) < 0.2 * binned
     assert images[:, centre].mean() > 0.5
+    # and say so, for the reconstruction jobs' CTF sign
+    np.testing.assert_array_equal(particles["blob/sign"], 1.0)
 
 
 def run_shard(root: Path, index: int) -> subprocess.CompletedProcess[str]:

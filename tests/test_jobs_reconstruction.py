@@ -124,6 +124,7 @@ def views_project(tmp_path_factory: pytest.TempPathFactory, volume: np.ndarray) 
     euler = VIEWS_DEG[view].copy()
     euler[:, 2] += rng.uniform(0.0, 360.0, view.size)
     stack = simulate_particles(volume, PIXEL_SIZE_A, view.size, euler_deg=euler, snr=1.0, seed=6)
+    # raw contrast (protein dark), said so in the .cs file's blob/sign
     names = write_stacks(root, "raw", stack.images, 1)
     n = view.size
     t = stack.truth
@@ -133,6 +134,7 @@ def views_project(tmp_path_factory: pytest.TempPathFactory, volume: np.ndarray) 
                 "blob/path": [names[0]] * n,
                 "blob/idx": np.arange(n, dtype=np.uint32),
                 "blob/psize_A": np.full(n, PIXEL_SIZE_A, np.float32),
+                "blob/sign": np.full(n, -1.0, np.float32),
                 "ctf/df1_A": t.defocus_u_A.astype(np.float32),
                 "ctf/df2_A": t.defocus_v_A.astype(np.float32),
                 "ctf/df_angle_rad": np.radians(t.astig_angle_deg).astype(np.float32),
@@ -153,7 +155,8 @@ def random_project(tmp_path_factory: pytest.TempPathFactory, volume: np.ndarray)
     stack = simulate_particles(
         volume, PIXEL_SIZE_A, 400, snr=1.0, seed=2, defocus_range_A=(8000.0, 20000.0)
     )
-    names = write_stacks(root, "raw", stack.images, 2)
+    # contrast-inverted (protein white), as RELION stores particles
+    names = write_stacks(root, "raw", -stack.images, 2)
     write_star(root / "raw" / "particles.star", stack, names, 200)
     run_ok(root, "import", "import_particles", {"particle_meta_path": "raw/particles.star"})
     return root, stack
@@ -169,6 +172,7 @@ def test_import_particles_references_the_stacks_in_place(random_project: Any) ->
         "pixel_size_A": PIXEL_SIZE_A,
         "has_ctf": True,
         "has_poses": False,
+        "protein": "white",
     }
     particles = load_cs(root / "import" / "particles.cs")
     assert set(particles.strings("blob/path")) == {"raw/stacks/p0.mrcs", "raw/stacks/p1.mrcs"}
@@ -176,8 +180,17 @@ def test_import_particles_references_the_stacks_in_place(random_project: Any) ->
     np.testing.assert_allclose(particles["ctf/cs_mm"], stack.truth.cs_mm)
     # the 201st particle is the first of the second stack, read back bit for bit
     data, _ = read_mrc(root / particles.strings("blob/path")[200])
-    np.testing.assert_array_equal(data[particles["blob/idx"][200]], stack.images[200])
+    np.testing.assert_array_equal(data[particles["blob/idx"][200]], -stack.images[200])
     assert len(np.unique(particles.uid)) == 400
+    np.testing.assert_array_equal(particles["blob/sign"], 1.0)  # RELION's white protein
+    dark = run_ok(
+        root,
+        "import-dark",
+        "import_particles",
+        {"particle_meta_path": "raw/particles.star", "protein_contrast": "dark"},
+    )
+    assert dark["particles"]["summary"]["protein"] == "dark"
+    np.testing.assert_array_equal(load_cs(root / "import-dark" / "particles.cs")["blob/sign"], -1.0)
 
 
 def test_import_particles_rejects_stacks_outside_the_project(tmp_path: Path) -> None:
@@ -255,6 +268,11 @@ def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_projec
     assert averages.shape == (3, BOX_PX, BOX_PX)
     assert info.pixel_size_A == pytest.approx(4.0)
     assert all(r is not None and r < 40.0 for r in summary["class_resolution_A"])
+    # the particles keep raw contrast (blob/sign -1); the averages show protein white
+    yy, xx = np.mgrid[:BOX_PX, :BOX_PX] - BOX_PX // 2
+    radius = np.hypot(yy, xx)
+    for average in averages:
+        assert average[radius < 0.15 * BOX_PX].mean() > average[radius > 0.4 * BOX_PX].mean()
     assert np.all(np.abs(particles["alignments2D/shift"]) <= 3.0)
 
     assert_rejected(
@@ -389,6 +407,8 @@ def test_refinement_recovers_the_true_poses_and_exports_them(
     assert table.shape == (5, BOX_PX // 2)
     half, info = read_mrc(root / "refine" / "volume_half_A.mrc")
     assert half.shape == (BOX_PX,) * 3
+    # white particles (RELION's convention) give a map with protein white, like the truth's
+    assert np.corrcoef(half.ravel(), volume.ravel())[0, 1] > 0.5
     assert info.pixel_size_A == pytest.approx(PIXEL_SIZE_A)
     # poses and shifts as cryoSPARC stores them: most are the true ones, within the angular
     # and shift accuracy that 4 A pixels allow (the rest sit near 180 deg from the truth,

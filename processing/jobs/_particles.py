@@ -7,6 +7,13 @@ A particles dataset names each image by ``blob/path`` (an MRC stack in the proje
 ``rlnOriginX/Y``, the negative of the particle centre's offset from the box centre (so that
 re-extraction at ``X - shift`` re-centres it, as ``extract_particles`` does).
 
+Contrast: ``blob/sign`` is +1 where the stored images show protein white (contrast-inverted,
+as RELION and ``extract_particles`` with ``flip_contrast`` store them; the default when the
+field is absent) and -1 where they keep the raw micrograph's dark protein. The reconstruction
+jobs hand the algorithms the CTF of the stored images, ``-sign`` times the physical
+``-sin(chi)`` of :mod:`cryokube.processing.ctf`, so that maps and class averages come out with
+protein white (positive density) either way.
+
 A volume (or mask) output is an MRC file with its pixel size plus a one-row dataset naming it
 (``map/path``, ``map/shape``, ``map/psize_A``; ``mask/*`` for masks).
 """
@@ -97,7 +104,11 @@ def load_images(ctx: JobContext, particles: Dataset, slot: str) -> npt.NDArray[n
 
 
 def particle_ctf(particles: Dataset, box_px: int, pixel_size_A: float, device: str) -> Array | None:
-    """Each particle's CTF (B, N, N//2 + 1) on ``device`` from ``ctf/*``; None without a fit."""
+    """Each stored image's CTF (B, N, N//2 + 1) on ``device`` from ``ctf/*``; None without a fit.
+
+    The physical CTF times ``-blob/sign`` (see the module docstring): positive at low
+    frequency for white particles, so that a positive map projects onto them.
+    """
     from cryokube.processing.backend import to_device
     from cryokube.processing.ctf import ctf_2d
 
@@ -111,7 +122,8 @@ def particle_ctf(particles: Dataset, box_px: int, pixel_size_A: float, device: s
             np.full(n, default) if values is None else np.asarray(values, np.float64), device
         )
 
-    return ctf_2d(
+    contrast = -column("blob/sign", 1.0).astype(np.float32)
+    return contrast[:, None, None] * ctf_2d(
         (box_px, box_px),
         pixel_size_A,
         defocus_u_A=column("ctf/df1_A", 0.0),

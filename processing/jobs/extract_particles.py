@@ -145,6 +145,7 @@ def run(ctx: JobContext) -> None:
             "blob/idx": np.arange(n, dtype=np.uint32),
             "blob/shape": np.tile(np.asarray([out_box, out_box], np.uint32), (n, 1)),
             "blob/psize_A": np.full(n, out_psize, dtype=np.float32),
+            "blob/sign": np.full(n, 1.0 if p.flip_contrast else -1.0, dtype=np.float32),
         }
         columns |= {f: np.repeat(micrographs[f][index : index + 1], n, axis=0) for f in ctf_fields}
         return ItemResult(columns, [entry])

@@ -37,6 +37,14 @@ class Params(JobParams):
     )
     cs_mm: float = param(2.7, description="Spherical aberration", unit="mm", ge=0.0, le=10.0)
     amp_contrast: float = param(0.1, description="Amplitude contrast fraction", ge=0.0, le=1.0)
+    protein_contrast: Literal["auto", "white", "dark"] = param(
+        "auto",
+        description=(
+            "How protein looks in the stored images: white (contrast-inverted, RELION's "
+            "convention) or dark (raw micrograph contrast); auto takes blob/sign from a .cs "
+            "file and white otherwise"
+        ),
+    )
 
 
 def _read_metadata(ctx: JobContext, p: Params) -> Dataset:
@@ -154,6 +162,9 @@ def run(ctx: JobContext) -> None:
         ):
             if field not in dataset:
                 columns[field] = np.full(n, value, dtype=np.float32)
+    if p.protein_contrast != "auto" or "blob/sign" not in dataset:
+        sign = -1.0 if p.protein_contrast == "dark" else 1.0
+        columns["blob/sign"] = np.full(n, sign, dtype=np.float32)
     dataset = dataset.with_columns(columns)
     psize_A = float(dataset["blob/psize_A"][0])
     ctx.add_output(
@@ -167,6 +178,7 @@ def run(ctx: JobContext) -> None:
             "pixel_size_A": round(psize_A, 4),
             "has_ctf": "ctf/df1_A" in dataset,
             "has_poses": "alignments3D/pose" in dataset,
+            "protein": "white" if float(dataset["blob/sign"][0]) > 0 else "dark",
         },
     )
     ctx.log(f"imported {n} particles from {len(keys)} stacks at {psize_A:.4g} A/px")
