@@ -15,7 +15,9 @@ from cryokube.processing.algorithms.reconstruction import (
 )
 from cryokube.processing.algorithms.symmetry import symmetry_group
 from cryokube.processing.backend import irfft2, radial_frequency, rfft2, shift_image
+from cryokube.processing.simulate import phantom_volume, simulate_particles
 from scipy.spatial.transform import Rotation
+from test_refine import truth_ctf
 
 
 def blob_phantom(
@@ -130,6 +132,51 @@ def test_accumulator_is_additive_and_weighted() -> None:
         insert_slices(whole, spectra, rotations[:3])
     with pytest.raises(ValueError, match="oversampling"):
         new_accumulator(n, oversampling=0)
+
+
+def test_noisy_ctf_particles_reach_relions_fsc_against_truth() -> None:
+    """1,000 particles of 32 px at 4 A/px, SNR 0.1, CTF and shifts, at their true poses.
+
+    RELION's ``relion_reconstruct`` sets the corners beyond the box's inscribed sphere to the
+    background: they hold only noise, amplified by the gridding correction. Without that mask
+    this map reached 11.6 A against the truth with an FSC of 0.71 at 16 A (half Nyquist); with
+    it 10.7 A and 0.81 (at 64 px, 2,000 particles: 5.57 A before, 5.12 A like RELION's map).
+    """
+    n, pixel_size_A = 32, 4.0
+    phantom = phantom_volume(n, pixel_size_A, seed=1)
+    stack = simulate_particles(phantom.volume, pixel_size_A, 1000, snr=0.1, b_factor_A2=0.0, seed=2)
+    rec = reconstruct(
+        stack.images,
+        stack.truth.rotations.astype(np.float32),
+        shifts_px=stack.truth.shifts_px[:, ::-1].astype(np.float32),
+        ctf=truth_ctf(stack, n),
+    )
+    curve = fsc(rec, phantom.volume)
+    shell_16_A = round(n * pixel_size_A / 16.0)
+    assert curve[shell_16_A] > 0.78
+    assert resolution_at_threshold(curve, box_size_px=n, pixel_size_A=pixel_size_A) <= 11.0
+    z, y, x = np.mgrid[:n, :n, :n] - n // 2
+    assert np.all(rec[np.sqrt(z * z + y * y + x * x) > n / 2 + 3] == 0)
+
+
+@pytest.mark.gpu
+def test_cupy_reconstruction_matches_numpy() -> None:
+    """Insertion (scatter-adds) and reconstruction on CuPy agree with numpy."""
+    from cryokube.processing import backend as bk
+
+    if not bk.gpu_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    import cupy  # pragma: no cover - GPU only
+
+    n = 24
+    vol = blob_phantom(n, seed=16)
+    rotations = random_rotations(300, seed=17)
+    images = project(vol, rotations)
+    ctf = toy_ctf(n, np.random.default_rng(18).uniform(0.7, 1.3, 300))
+    cpu = reconstruct(images, rotations, ctf=ctf)
+    gpu = reconstruct(cupy.asarray(images), cupy.asarray(rotations), ctf=cupy.asarray(ctf))
+    assert isinstance(gpu, cupy.ndarray)
+    np.testing.assert_allclose(bk.to_host(gpu), cpu, atol=1e-4 * float(np.abs(cpu).max()))
 
 
 @pytest.mark.slow
