@@ -215,7 +215,9 @@ def radial_frequency(shape: tuple[int, ...], *, xp: ModuleType = np, rfft: bool 
     return xp.sqrt(sum(g * g for g in grids))
 
 
-def fourier_shift(f: Array, shifts_px: Array, shape: tuple[int, ...]) -> Array:
+def fourier_shift(
+    f: Array, shifts_px: Array, shape: tuple[int, ...], *, in_place: bool = False
+) -> Array:
     """Apply real-space translations to ``rfftn`` spectra by a phase ramp.
 
     Parameters
@@ -227,6 +229,9 @@ def fourier_shift(f: Array, shifts_px: Array, shape: tuple[int, ...]) -> Array:
         shift moves content towards higher indices.
     shape : tuple
         Real-space shape of the transformed axes.
+    in_place : bool, optional
+        Multiply ``f`` itself (complex64, shaped like the result) and return it: on a large
+        stack each temporary copy costs as much as the FFT.
     """
     xp = array_module(f)
     shifts = xp.asarray(shifts_px, dtype=DEFAULT_DTYPE)
@@ -239,7 +244,11 @@ def fourier_shift(f: Array, shifts_px: Array, shape: tuple[int, ...]) -> Array:
     out = f
     for axis, g in enumerate(fft_freqs(shape, xp=xp)):
         s = shifts[..., axis].reshape(lead + (1,) * ndim)
-        out = out * xp.exp((-2j * np.pi) * (s * g)).astype(f.dtype)
+        ramp = xp.exp((-2j * np.pi) * (s * g)).astype(f.dtype)
+        if in_place:
+            out *= ramp
+        else:
+            out = out * ramp
     return out
 
 

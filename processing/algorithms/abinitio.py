@@ -180,16 +180,11 @@ class HandChoice:
 
 
 @dataclass(frozen=True)
-class HandComparison:
-    """Output of :func:`compare_hands`.
+class HandComparison(HandChoice):
+    """Output of :func:`compare_hands`: the :class:`HandChoice` at full size, and the superposition.
 
     Attributes
     ----------
-    mirrored : bool
-        Whether the mirror image of the volume fits the reference better than the volume.
-    correlation, mirror_correlation : float
-        Best normalised cross-correlation with the reference over rotations and translations,
-        of the volume and of its mirror image.
     rotation : ndarray of shape (3, 3)
         Rotation in index space ``(z, y, x)``: the aligned map at voxel ``o`` is the better
         hand's volume at ``rotation @ (o - c) + c - shift_px``, with ``c = N//2``.
@@ -199,10 +194,6 @@ class HandComparison:
         The volume in the better hand, rotated and translated onto the reference.
     """
 
-    mirrored: bool
-    correlation: float
-    mirror_correlation: float
-    rotation: npt.NDArray[np.float64]
     shift_px: npt.NDArray[np.float64]
     aligned: Array
 

@@ -40,7 +40,6 @@ from cryokube.processing.algorithms._spectra import (
 from cryokube.processing.backend import (
     Array,
     array_module,
-    fft_freqs,
     fourier_resample,
     fourier_shift,
     irfft2,
@@ -169,11 +168,14 @@ def dose_weights(
 def _bfactor_filter(
     shape: tuple[int, int], pixel_size_A: float, bfactor_A2: float, xp: ModuleType
 ) -> Array:
-    """``exp(-B k^2 / 4)`` on an ``rfft2`` grid with the zero frequency removed."""
+    """``exp(-B k^2 / 4)`` on an ``rfft2`` grid with the zero frequency removed.
+
+    complex64: numpy multiplies complex by complex several times faster than complex by float32.
+    """
     k = frequency_grid_per_A(shape, pixel_size_A, xp=xp)
     weight = xp.exp(np.float32(-bfactor_A2 / 4.0) * k * k)
     weight[0, 0] = 0.0
-    return weight.astype(np.float32)
+    return weight.astype(np.complex64)
 
 
 def _align_spectra(
@@ -188,20 +190,20 @@ def _align_spectra(
     """Iteratively align each frame to the sum of the others (MotionCor2's global scheme).
 
     ``spectra`` has shape (..., n_frames, ky, kx) (``rfft2`` of real frames of ``shape``); the
-    leading axes are independent stacks (patches). Returns shifts (..., n_frames, 2) in pixels of
-    ``shape``, with the first frame at zero. Each iteration measures the residual shift of the
-    already-aligned frame, so the sub-pixel parabola is fitted at a centred, symmetric peak.
-    Frames are shifted and cross-correlated ``_FRAME_CHUNK`` at a time, so the temporaries stay a
-    fraction of the spectra's size, with the chunks on several threads (on one inside a
-    :func:`~cryokube.processing.backend.parallel_map` thread: the caller runs several stacks). Only the correlations within the
-    search radius are computed (the inverse transform of the rows near zero shift).
+    leading axes are independent stacks (patches); ``weight`` is :func:`_bfactor_filter`.
+    Returns shifts (..., n_frames, 2) in pixels of ``shape``, with the first frame at zero. Each
+    iteration measures the residual shift of the already-aligned frame, so the sub-pixel
+    parabola is fitted at a centred, symmetric peak. Frames are shifted and cross-correlated
+    ``_FRAME_CHUNK`` at a time, so the temporaries stay a fraction of the spectra's size, with
+    the chunks on several threads (on one inside a
+    :func:`~cryokube.processing.backend.parallel_map` thread: the caller runs several stacks).
+    Only the correlations within the search radius are computed (the inverse transform of the
+    rows near zero shift).
     """
     xp = array_module(spectra)
     shifts = xp.zeros((*spectra.shape[:-2], 2), dtype=np.float32)
     n_frames = spectra.shape[-3]
     search = max_shift_px
-    # numpy multiplies complex by complex several times faster than complex by float32.
-    weight = weight.astype(np.complex64)
     chunks = [slice(s, s + _FRAME_CHUNK) for s in range(0, n_frames, _FRAME_CHUNK)]
 
     for _ in range(max_iterations):
@@ -623,17 +625,6 @@ def _patch_trajectories(
     return xp.asarray(centres, dtype=np.float32), shifts
 
 
-def _phase_ramps(shifts_px: Array, freq: Array) -> Array:
-    """``exp(2 pi i s f)`` (complex64) for shifts (n,) along the axis of ``freq``, one per frame.
-
-    ``freq`` is one axis of :func:`fft_freqs`; the result broadcasts against (n, ky, kx) spectra
-    and moves their content by ``-s`` px.
-    """
-    xp = array_module(shifts_px)
-    lead = shifts_px.reshape((-1,) + (1,) * freq.ndim)
-    return xp.exp((2j * np.pi) * (lead * freq)).astype(np.complex64)
-
-
 def _corrected_sums(
     frames: Array,
     means: list[Array],
@@ -672,7 +663,6 @@ def _corrected_sums(
         if exposures is None
         else dose_weights(win, pixel_size_A, exposures).astype(np.complex64)
     )
-    freq_y, freq_x = fft_freqs(win, xp=xp)
     weighted = xp.zeros((ny, nx), dtype=np.float32)
     plain = xp.zeros((ny, nx), dtype=np.float32)
     # One window stack per thread, reused for its tiles: no per-window copies.
@@ -696,8 +686,7 @@ def _corrected_sums(
         spectra = rfft2(stack)
         # The phase ramps and the dose weights, applied in place: on a tile stack each
         # temporary copy costs as much as the FFT (profiled on 5760 x 4092 x 50).
-        spectra *= _phase_ramps(fraction[index, :, 0], freq_y)
-        spectra *= _phase_ramps(fraction[index, :, 1], freq_x)
+        fourier_shift(spectra, -fraction[index], win, in_place=True)
         plain_tile = irfft2(xp.sum(spectra, axis=0), win)
         if weights is None:
             weighted_tile = plain_tile

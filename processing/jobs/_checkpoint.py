@@ -25,6 +25,7 @@ import zipfile
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
+from cryokube.processing.storage.base import StorageError
 
 if TYPE_CHECKING:
     from cryokube.processing.worker.context import JobContext
@@ -116,8 +117,6 @@ class Checkpoint(Generic[S]):
         beside the checkpoint, or an incomplete multipart upload); where that fails (an S3
         policy without ``s3:ListBucketMultipartUploads``), it logs a warning and goes on.
         """
-        from cryokube.processing.storage import StorageError
-
         try:
             self.ctx.storage.discard_partial(self.key)
         except StorageError as error:
