@@ -507,12 +507,24 @@ def test_workers_get_the_configured_defaults(repo_root: Path) -> None:
         "workers.gpuResourceName=nvidia.com/mig-1g.10gb",
         "--set",
         "workers.image.tag=1.2.3",
+        "--set",
+        "workers.checkpointIntervalS=15",
     )
     workers = worker_defaults(docs)
     assert workers["gpuResourceName"] == "nvidia.com/mig-1g.10gb"
     assert workers["image"] == "ghcr.io/cryokube/worker:1.2.3"
     assert workers["nodeSelector"] == {"node.kubernetes.io/instance-type": "g6e.xlarge"}
     assert workers["metadataURL"] == f"http://{RELEASE}-cryokube-metadata.{NAMESPACE}.svc:8080"
+    # the workers' checkpoint interval reaches their pods' environment
+    from cryokube.operator.manifests import WorkerConfig, build_child_job
+    from cryokube.operator.models import parse_job, parse_project
+
+    case = (repo_root / "tests/data/operator/input/s3_queued_cpu.yaml").read_text()
+    project, job = yaml.safe_load_all(case.replace("{namespace}", "lab"))
+    config = WorkerConfig.model_validate(workers)
+    child = build_child_job(parse_job(job), parse_project(project), config=config)
+    env = child["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "CRYOKUBE_CHECKPOINT_INTERVAL_S", "value": "15"} in env
 
 
 def test_worker_defaults_parse_into_the_operator_model(

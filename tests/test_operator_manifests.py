@@ -185,6 +185,7 @@ def test_worker_defaults_file_is_read_once_from_the_environment(
         ("ssdCache: {sizeLimit: lots}\n", "ssdCache.sizeLimit"),
         ("gpuResourceNam: nvidia.com/gpu\n", "gpuResourceNam"),
         ("image: [a, b]\n", "image"),
+        ("checkpointIntervalS: -1\n", "checkpointIntervalS"),
         ("nodeSelector: {a: b\n", "while parsing"),
     ],
 )
