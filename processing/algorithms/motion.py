@@ -523,7 +523,9 @@ def align_movie(
         centres = xp.asarray([[ny / 2.0, nx / 2.0]], dtype=np.float32)
         coeffs = xp.zeros((2, _SPATIAL_TERMS, _TIME_TERMS), dtype=np.float32)
     else:
-        aligned_small = irfft2(fourier_shift(spectra, -global_small, small), small)
+        # In place: the binned spectra are not needed again (one copy less at the peak).
+        aligned_small = irfft2(fourier_shift(spectra, -global_small, small, in_place=True), small)
+        del spectra
         # Patches cover the movie, not the padding.
         content = (round(ny * small[0] / padded[0]), round(nx * small[1] / padded[1]))
         centres, patch_small = _patch_trajectories(
@@ -534,6 +536,7 @@ def align_movie(
             max_iterations=max_iterations,
             tolerance_px=tolerance_px,
         )
+        del aligned_small
         centres = centres * scale
         coeffs = fit_deformation(centres, patch_small * scale, (ny, nx))
     local_px = global_px[None] + evaluate_deformation(coeffs, centres, n_frames, (ny, nx))
