@@ -191,6 +191,15 @@ def test_import_particles_references_the_stacks_in_place(random_project: Any) ->
     )
     assert dark["particles"]["summary"]["protein"] == "dark"
     np.testing.assert_array_equal(load_cs(root / "import-dark" / "particles.cs")["blob/sign"], -1.0)
+    # RELION would read dark particles as white ones: the STAR export refuses them
+    assert_rejected(
+        root,
+        "export-dark",
+        "export",
+        {"formats": ["star"]},
+        [{"job": "import-dark", "output": "particles"}],
+        "400 particles keep the raw contrast (blob/sign -1",
+    )
 
 
 def test_import_particles_rejects_stacks_outside_the_project(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, cast
 
+import numpy as np
+
 from ._particles import check_fields
 from .base import DataKind, InputSlot, JobInputError, JobParams, JobType, OutputGroup, param
 
@@ -37,6 +39,13 @@ def run(ctx: JobContext) -> None:
     check_fields(particles, "particles", ("blob/path", "blob/idx"))
     files = []
     if "star" in p.formats:
+        sign = particles.get("blob/sign")
+        if sign is not None and np.any(np.asarray(sign) < 0):
+            raise JobInputError(
+                f"inputs.particles: {int(np.sum(np.asarray(sign) < 0))} particles keep the raw "
+                "contrast (blob/sign -1, protein dark) and RELION expects contrast-inverted "
+                "particles; re-extract them with flip_contrast, or export only 'cs'"
+            )
         local = ctx.scratch_path("particles.star")
         try:
             save_star(particles, local, style="relion31")
