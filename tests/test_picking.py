@@ -75,6 +75,18 @@ def test_blob_picker_precision_and_recall(micrograph: Micrograph) -> None:
     assert np.all((picks.diameters_A >= 50.0) & (picks.diameters_A <= 80.0))
 
 
+@pytest.mark.parametrize(("y_px", "x_px"), [(40.3, 60.0), (41.0, 59.6), (39.55, 60.45)])
+def test_blob_picks_are_placed_between_the_working_pixels(y_px: float, x_px: float) -> None:
+    """A blob between the picker's pixels (lowpass_A / 2 = 10 A, 5 px here) is placed within
+    1 px (2 A) of its centre, not snapped to the working grid."""
+    yy, xx = np.mgrid[:512, :512].astype(np.float32)
+    centre = np.array([y_px, x_px]) * 5.0
+    blob = -np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * 8.0**2))
+    picks = pick_blobs(blob, pixel_size_A=PIXEL_A, diameter_range_A=(40.0, 60.0), min_score=3)
+    error_px = np.linalg.norm(picks.centres_px[0] - centre)
+    assert error_px < 1.0, (picks.centres_px[0], centre)
+
+
 def test_template_picker_with_ctf_and_inspection_thresholds(
     phantom: Phantom, micrograph: Micrograph
 ) -> None:

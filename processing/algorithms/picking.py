@@ -184,6 +184,34 @@ def _local_power(image: Array, radius_px: float) -> Array:
     return xp.maximum(mean_sq - mean * mean, 0)
 
 
+def _subpixel_peaks(score: Array, index: Array) -> Array:
+    """``(y, x)`` of the maxima at flat ``index``, refined by a parabola through each maximum and
+    its two neighbours along each axis (clipped to half a pixel).
+
+    The picker works at ``lowpass_A / 2`` per pixel, as coarse as a fifth of a particle; without
+    this a pick is off by up to half that pixel.
+    """
+    xp = array_module(score)
+    ny, nx = score.shape
+    peaks = xp.stack([index // nx, index % nx], axis=1)
+    centres = peaks.astype(np.float32)
+    for axis in (0, 1):
+        step = xp.zeros(2, dtype=peaks.dtype)
+        step[axis] = 1
+        at = peaks[:, 0] * nx + peaks[:, 1]
+        below = xp.clip(peaks - step, 0, None)
+        above = xp.minimum(peaks + step, xp.asarray([ny - 1, nx - 1]))
+        s0 = score.ravel()[at]
+        s_minus = score.ravel()[below[:, 0] * nx + below[:, 1]]
+        s_plus = score.ravel()[above[:, 0] * nx + above[:, 1]]
+        curvature = s_minus - 2 * s0 + s_plus
+        offset = xp.where(
+            curvature < 0, 0.5 * (s_minus - s_plus) / xp.where(curvature < 0, curvature, -1), 0
+        )
+        centres[:, axis] += xp.clip(offset, -0.5, 0.5).astype(np.float32)
+    return centres
+
+
 def _build_picks(
     index: Array,
     score: Array,
@@ -194,8 +222,7 @@ def _build_picks(
     scale_px: float,
 ) -> Picks:
     xp = array_module(score)
-    nx = score.shape[1]
-    centres = xp.stack([index // nx, index % nx], axis=1).astype(np.float32) * scale_px
+    centres = _subpixel_peaks(score, index) * np.float32(scale_px)
     local = power.ravel()[index] / xp.maximum(xp.median(power), 1e-12)
     return Picks(
         centres_px=centres,
