@@ -336,10 +336,8 @@ def build_child_job(
             "name": "CRYOKUBE_JOB_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": token_secret_name(name), "key": "token"}},
         },
+        {"name": "CRYOKUBE_CHECKPOINT_INTERVAL_S", "value": f"{config.checkpoint_interval_s:g}"},
     ]
-    env.append(
-        {"name": "CRYOKUBE_CHECKPOINT_INTERVAL_S", "value": f"{config.checkpoint_interval_s:g}"}
-    )
     if config.metadata_url:
         env.append({"name": "CRYOKUBE_METADATA_URL", "value": config.metadata_url})
     # The Project's UNIX ids always apply (files belong to the lab); hardening is forced.

@@ -300,9 +300,9 @@ def map_truth_correlation(root: Path, truth: DemoTruth) -> float:
 
     Ab-initio builds the map in a frame and hand of its own, so the map is first superposed on
     the truth in the better hand (:func:`~cryokube.processing.algorithms.abinitio.choose_hand`,
-    which reports this correlation). With the small demo's few dozen particles this is steadier than the
-    gold-standard figure, whose half-set FSC crosses 0.143 at a shell that a small change in
-    the data moves by several shells.
+    which reports this correlation). With the small demo's few dozen particles this is
+    steadier than the gold-standard figure, whose half-set FSC crosses 0.143 at a shell that a
+    small change in the data moves by several shells.
     """
     from cryokube.processing.algorithms.abinitio import choose_hand
     from cryokube.processing.io.mrc import read_mrc

@@ -13,6 +13,17 @@ def frequency_grid_per_A(shape: tuple[int, int], pixel_size_A: float, *, xp: Mod
     return radial_frequency(shape, xp=xp) / np.float32(pixel_size_A)
 
 
+def parabola_vertex(minus: Array, centre: Array, plus: Array) -> Array:
+    """Offset (px, within +-0.5) of the vertex of the parabola through values at -1, 0 and +1
+    around a maximum; 0 where the three values do not curve downwards."""
+    xp = array_module(centre)
+    curvature = minus - 2 * centre + plus
+    offset = xp.where(
+        curvature < 0, 0.5 * (minus - plus) / xp.where(curvature < 0, curvature, -1), 0
+    )
+    return xp.clip(offset, -0.5, 0.5)
+
+
 def find_peaks(cc: Array, *, max_shift_px: float) -> Array:
     """Sub-pixel position of the maximum of cross-correlation maps, within a radius.
 
@@ -45,16 +56,8 @@ def find_peaks(cc: Array, *, max_shift_px: float) -> Array:
         return xp.take_along_axis(flat, pos[..., None], axis=-1)[..., 0]
 
     centre = at(0, 0)
-
-    def vertex(minus: Array, plus: Array) -> Array:
-        curvature = minus - 2 * centre + plus
-        offset = xp.where(
-            curvature < 0, 0.5 * (minus - plus) / xp.where(curvature < 0, curvature, -1), 0
-        )
-        return xp.clip(offset, -0.5, 0.5)
-
-    sy = dy[iy] + vertex(at(-1, 0), at(1, 0))
-    sx = dx[ix] + vertex(at(0, -1), at(0, 1))
+    sy = dy[iy] + parabola_vertex(at(-1, 0), centre, at(1, 0))
+    sx = dx[ix] + parabola_vertex(at(0, -1), centre, at(0, 1))
     return xp.stack([sy, sx], axis=-1).astype(np.float32)
 
 

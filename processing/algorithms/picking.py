@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from cryokube.processing.algorithms._spectra import frequency_grid_per_A
+from cryokube.processing.algorithms._spectra import frequency_grid_per_A, parabola_vertex
 from cryokube.processing.algorithms.projection import project
 from cryokube.processing.backend import (
     Array,
@@ -185,31 +185,23 @@ def _local_power(image: Array, radius_px: float) -> Array:
 
 
 def _subpixel_peaks(score: Array, index: Array) -> Array:
-    """``(y, x)`` of the maxima at flat ``index``, refined by a parabola through each maximum and
-    its two neighbours along each axis (clipped to half a pixel).
+    """``(y, x)`` of the maxima at flat ``index``, each axis refined by
+    :func:`~cryokube.processing.algorithms._spectra.parabola_vertex`.
 
     The picker works at ``lowpass_A / 2`` per pixel, as coarse as a fifth of a particle; without
     this a pick is off by up to half that pixel.
     """
     xp = array_module(score)
     ny, nx = score.shape
-    peaks = xp.stack([index // nx, index % nx], axis=1)
-    centres = peaks.astype(np.float32)
-    for axis in (0, 1):
-        step = xp.zeros(2, dtype=peaks.dtype)
-        step[axis] = 1
-        at = peaks[:, 0] * nx + peaks[:, 1]
-        below = xp.clip(peaks - step, 0, None)
-        above = xp.minimum(peaks + step, xp.asarray([ny - 1, nx - 1]))
-        s0 = score.ravel()[at]
-        s_minus = score.ravel()[below[:, 0] * nx + below[:, 1]]
-        s_plus = score.ravel()[above[:, 0] * nx + above[:, 1]]
-        curvature = s_minus - 2 * s0 + s_plus
-        offset = xp.where(
-            curvature < 0, 0.5 * (s_minus - s_plus) / xp.where(curvature < 0, curvature, -1), 0
-        )
-        centres[:, axis] += xp.clip(offset, -0.5, 0.5).astype(np.float32)
-    return centres
+    y, x = index // nx, index % nx
+    centre = score[y, x]
+    dy = parabola_vertex(
+        score[xp.maximum(y - 1, 0), x], centre, score[xp.minimum(y + 1, ny - 1), x]
+    )
+    dx = parabola_vertex(
+        score[y, xp.maximum(x - 1, 0)], centre, score[y, xp.minimum(x + 1, nx - 1)]
+    )
+    return xp.stack([y + dy, x + dx], axis=1).astype(np.float32)
 
 
 def _build_picks(

@@ -122,8 +122,7 @@ def particle_ctf(particles: Dataset, box_px: int, pixel_size_A: float, device: s
             np.full(n, default) if values is None else np.asarray(values, np.float64), device
         )
 
-    contrast = -column("blob/sign", 1.0).astype(np.float32)
-    return contrast[:, None, None] * ctf_2d(
+    ctf = ctf_2d(
         (box_px, box_px),
         pixel_size_A,
         defocus_u_A=column("ctf/df1_A", 0.0),
@@ -135,6 +134,8 @@ def particle_ctf(particles: Dataset, box_px: int, pixel_size_A: float, device: s
         phase_shift_deg=column("ctf/phase_shift_rad", 0.0) * (180.0 / math.pi),
         b_factor_A2=column("ctf/bfactor", 0.0),
     )
+    ctf *= -column("blob/sign", 1.0).astype(np.float32)[:, None, None]
+    return ctf
 
 
 def shift_from_offset(offset_yx_px: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -39,10 +39,10 @@ def run(ctx: JobContext) -> None:
     check_fields(particles, "particles", ("blob/path", "blob/idx"))
     files = []
     if "star" in p.formats:
-        sign = particles.get("blob/sign")
-        if sign is not None and np.any(np.asarray(sign) < 0):
+        dark = int(np.sum(np.asarray(particles.get("blob/sign", default=np.zeros(0))) < 0))
+        if dark:
             raise JobInputError(
-                f"inputs.particles: {int(np.sum(np.asarray(sign) < 0))} particles keep the raw "
+                f"inputs.particles: {dark} particles keep the raw "
                 "contrast (blob/sign -1, protein dark) and RELION expects contrast-inverted "
                 "particles; re-extract them with flip_contrast, or export only 'cs'"
             )
