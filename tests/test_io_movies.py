@@ -32,6 +32,7 @@ from cryokube.processing.io.movies import (
     write_movie_tiff,
 )
 from cryokube.processing.io.mrc import write_mrc
+from scipy import ndimage
 
 SHAPE = (5, 96, 80)
 
@@ -250,3 +251,21 @@ def test_writer_argument_checks(tmp_path: Path, counts: np.ndarray) -> None:
     with pytest.raises(TypeError, match="frames dtype"):
         write_movie_tiff(tmp_path / "m.tif", counts.astype(np.int64))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_defects_spare_the_specimen() -> None:
+    """At 400 counts per pixel a dark particle core (down to 30% of the mean, 12 Poisson SDs
+    below it) and a bright fringe are far from the sum's median, but their neighbours follow them:
+    only the isolated hot and dead pixels, one of them inside the core, are defects."""
+    rng = np.random.default_rng(4)
+    expected = np.full((64, 64), 400.0)
+    yy, xx = np.mgrid[:64, :64]
+    r2 = (yy - 30) ** 2 + (xx - 34) ** 2
+    expected[r2 <= 36] = 120.0
+    expected[(r2 > 36) & (r2 <= 64)] = 700.0
+    expected = ndimage.gaussian_filter(expected, 1.0)  # the specimen is band-limited
+    total = rng.poisson(expected).astype(np.float64)
+    defects = [(30, 33), (5, 50), (60, 2)]  # hot in the core, hot, dead
+    total[30, 33], total[5, 50], total[60, 2] = 900.0, 2000.0, 0.0
+    mask = find_defects(total)
+    assert set(zip(*np.nonzero(mask), strict=True)) == set(defects)
