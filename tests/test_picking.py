@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from cryokube.processing.algorithms.picking import (
     Picks,
+    _local_maxima,
     filter_picks,
     pick_blobs,
     pick_templates,
@@ -19,6 +20,7 @@ from cryokube.processing.simulate import (
     random_euler_angles,
     simulate_micrograph,
 )
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 PIXEL_A = 2.0
@@ -150,3 +152,29 @@ def test_gpu_matches_cpu(micrograph: Micrograph) -> None:
     cpu = pick_blobs(micrograph.image, **kwargs)  # type: ignore[arg-type]
     gpu = pick_blobs(to_device(micrograph.image, "gpu"), **kwargs)  # type: ignore[arg-type]
     np.testing.assert_allclose(to_host(gpu.centres_px), cpu.centres_px)
+
+
+@pytest.mark.parametrize("radius_px", [0.5, 1.0, 2.3, 6.7])
+def test_local_maxima_are_those_of_a_disc_maximum_filter(radius_px: float) -> None:
+    """Non-maximum suppression keeps exactly the pixels that a maximum filter over the disc
+    (outside the image below everything) keeps, ties and borders included, best first."""
+    rng = np.random.default_rng(int(radius_px * 10))
+    for trial in range(20):
+        shape = tuple(int(n) for n in rng.integers(8, 90, 2))
+        score = ndimage.gaussian_filter(rng.normal(size=shape), rng.uniform(0, 3))
+        if trial % 4 == 0:
+            score = np.round(score * 3) / 3  # plateaus: equal neighbours are both maxima
+        border, min_score = int(rng.integers(0, 4)), float(rng.choice([-np.inf, 0.0]))
+        r = max(1, int(radius_px))
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        footprint = yy**2 + xx**2 <= radius_px**2
+        filtered = ndimage.maximum_filter(score, footprint=footprint, mode="constant", cval=-np.inf)
+        peak = (score == filtered) & (score >= min_score)
+        inner = np.zeros(shape, dtype=bool)
+        inner[border : shape[0] - border, border : shape[1] - border] = True
+        expected = np.flatnonzero(peak & inner)
+        expected = expected[np.argsort(-score.ravel()[expected], kind="stable")]
+        found = _local_maxima(
+            score, radius_px=radius_px, border_px=border, min_score=min_score, max_picks=10**6
+        )
+        np.testing.assert_array_equal(found, expected)

@@ -37,8 +37,8 @@ from cryokube.processing.backend import (
     array_module,
     fourier_crop,
     irfft2,
-    ndimage_module,
     rfft2,
+    rfft2_cropped,
     rotate_image,
 )
 from cryokube.processing.ctf import ctf_2d
@@ -134,9 +134,9 @@ def _lowpassed(micrograph: Array, pixel_size_A: float, lowpass_A: float) -> tupl
     ny, nx = micrograph.shape
     factor = max(1.0, lowpass_A / (2.0 * pixel_size_A))
     shape = (max(8, round(ny / factor)), max(8, round(nx / factor)))
-    f = rfft2(micrograph)
+    f = rfft2_cropped(micrograph, shape)
     f[0, 0] = 0
-    small = irfft2(fourier_crop(f, (ny, nx), shape), shape)
+    small = irfft2(f, shape)
     small = small / xp.maximum(xp.std(small), 1e-12)
     return small, pixel_size_A * ny / shape[0]
 
@@ -153,22 +153,40 @@ def _check_common(micrograph: Array, pixel_size_A: float, lowpass_A: float) -> N
 def _local_maxima(
     score: Array, *, radius_px: float, border_px: int, min_score: float, max_picks: int
 ) -> Array:
-    """Flat indices of maxima of ``score`` over a disc of ``radius_px``, best first."""
+    """Flat indices of maxima of ``score`` over a disc of ``radius_px``, best first.
+
+    A pixel is kept when no pixel of the disc around it scores higher (outside the image counts
+    as lower), as a maximum filter with that footprint would decide. Only the pixels above
+    ``min_score`` that beat their four neighbours are tested against the rest of the disc, so
+    the cost grows with the candidates rather than with the image times the disc.
+    """
     xp = array_module(score)
-    r = max(1, math.floor(radius_px))
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    footprint = xp.asarray(yy * yy + xx * xx <= radius_px * radius_px)
-    ndi = ndimage_module(score)
-    peak = score == ndi.maximum_filter(score, footprint=footprint, mode="constant", cval=-np.inf)
-    peak &= score >= min_score
+    ny, nx = score.shape
+    padded = xp.pad(score, 1, mode="constant", constant_values=-np.inf)
+    candidate = score >= min_score
+    if radius_px >= 1:
+        centre = padded[1:-1, 1:-1]
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            candidate &= centre >= padded[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx]
     if border_px > 0:
-        peak[:border_px] = False
-        peak[-border_px:] = False
-        peak[:, :border_px] = False
-        peak[:, -border_px:] = False
-    index = xp.nonzero(peak.ravel())[0]
-    order = xp.argsort(-score.ravel()[index])
-    return index[order][:max_picks]
+        candidate[:border_px] = False
+        candidate[-border_px:] = False
+        candidate[:, :border_px] = False
+        candidate[:, -border_px:] = False
+    y, x = xp.nonzero(candidate)
+    value = score[y, x]
+    r = math.floor(radius_px)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx > radius_px * radius_px or abs(dy) + abs(dx) <= 1:
+                continue
+            yy, xx = y + dy, x + dx
+            inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            neighbour = score[xp.clip(yy, 0, ny - 1), xp.clip(xx, 0, nx - 1)]
+            keep = ~inside | (value >= neighbour)
+            y, x, value = y[keep], x[keep], value[keep]
+    order = xp.argsort(-value, kind="stable")
+    return (y * nx + x)[order][:max_picks]
 
 
 def _local_power(image: Array, radius_px: float) -> Array:
