@@ -34,8 +34,9 @@ shifts and CTFs). Every tool reads those files; ours takes the same arrays in me
   median pose error, its map's FSC = 0.143 resolution against the truth and its own
   gold-standard resolution) are in ``extra``.
 
-Peak memory is tracemalloc's peak for our code (numpy buffers included) and ``wait4`` peak RSS
-for a peer process (interpreter and libraries included), so the two are not the same measure.
+Peak memory is the growth of our process's peak resident set during the timed call and
+``wait4`` peak RSS for a peer process (interpreter and libraries included), so the two are not
+the same measure.
 """
 
 from __future__ import annotations
