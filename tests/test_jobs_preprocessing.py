@@ -151,7 +151,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
             pixel_size_A=PIXEL_A,
             n_frames=N_FRAMES,
             dose_per_frame_e_per_A2=1.5,
-            image_contrast=0.3,
+            image_contrast=0.1,
             total_drift_px=DRIFT_PX,
             local_drift_px=0.0,
             seed=20,  # one camera: the same gain and hot pixels (and drift path) for all

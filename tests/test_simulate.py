@@ -297,3 +297,55 @@ def test_bad_input_names_argument(phantom: sim.Phantom) -> None:
         sim.simulate_micrograph(phantom.volume, 2.5, shape=(100, 100), n_particles=50)
     with pytest.raises(ValueError, match="n_frames"):
         sim.simulate_movie(n_frames=1)
+    with pytest.raises(ValueError, match="ice_texture"):
+        sim.simulate_micrograph(phantom.volume, 2.5, shape=(200, 200), ice_texture=-1.0)
+
+
+def test_movie_of_a_micrograph_keeps_its_particles_linear(phantom: sim.Phantom) -> None:
+    """A clean micrograph's particle cores lie 15-30 SD from its mean: a contrast that would clip
+    them at zero intensity is refused (clipped cores read as rings and mislead the pickers),
+    and an accepted one keeps the movie's image a contrast change of the micrograph."""
+    micrograph = sim.simulate_micrograph(
+        phantom.volume, 2.5, shape=(384, 384), n_particles=12, carbon_fraction=0.0,
+        keep_clean=True, seed=5,
+    )  # fmt: skip
+    assert micrograph.clean is not None
+    with pytest.raises(ValueError, match="image_contrast is too high"):
+        sim.simulate_movie(micrograph.clean, pixel_size_A=2.5, n_frames=2, image_contrast=0.35)
+    movie = sim.simulate_movie(
+        micrograph.clean, pixel_size_A=2.5, n_frames=2, image_contrast=0.1, seed=1
+    )
+    r = np.corrcoef(movie.truth.image.ravel(), micrograph.clean.ravel())[0, 1]
+    assert r * r >= 0.8
+
+
+def _empty_corner_spectrum(mic: sim.Micrograph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Power of the clean 128-px corner farthest from the micrograph's only particle, its CTF^2,
+    and the 30-8 A band."""
+    assert mic.clean is not None
+    t = mic.truth
+    cx, cy = t.centres_px[0]
+    y0, x0 = (0 if cy > 192 else 256), (0 if cx > 192 else 256)
+    window = mic.clean[y0 : y0 + 128, x0 : x0 + 128]
+    ctf = ctf_2d(
+        (128, 128), 2.5, defocus_u_A=t.defocus_u_A, defocus_v_A=t.defocus_v_A,
+        astig_angle_deg=t.astig_angle_deg, voltage_kV=300.0, cs_mm=2.7, amp_contrast=0.07,
+        b_factor_A2=t.b_factor_A2,
+    )  # fmt: skip
+    power = np.abs(np.fft.rfft2(window - window.mean())) ** 2
+    k_per_A = np.hypot(np.fft.fftfreq(128)[:, None], np.fft.rfftfreq(128)[None, :]) / 2.5
+    return power, ctf**2, (k_per_A > 1 / 30) & (k_per_A < 1 / 8)
+
+
+def test_ice_texture_gives_thon_rings_away_from_particles(phantom: sim.Phantom) -> None:
+    """Vitreous ice carries Thon rings where there is no particle: its power follows CTF^2
+    (8.8x more at the CTF's maxima than at its zeros here); without it that area is blank."""
+    kwargs = {"shape": (384, 384), "n_particles": 1, "carbon_fraction": 0.0, "keep_clean": True}
+    power, ctf2, band = _empty_corner_spectrum(
+        sim.simulate_micrograph(phantom.volume, 2.5, ice_texture=0.5, seed=5, **kwargs)
+    )
+    assert power[band & (ctf2 > 0.5)].mean() > 5 * power[band & (ctf2 < 0.02)].mean()
+    blank, _, _ = _empty_corner_spectrum(
+        sim.simulate_micrograph(phantom.volume, 2.5, seed=5, **kwargs)
+    )
+    assert power[band].mean() > 100 * blank[band].mean()

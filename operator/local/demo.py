@@ -89,14 +89,14 @@ def simulate_project(root: Path, size: DemoSize) -> DemoTruth:
             shape=(size.micrograph_px, size.micrograph_px),
             n_particles=size.particles_per_micrograph,
             defocus_u_A=defocus + 300.0, defocus_v_A=defocus - 300.0, astig_angle_deg=30.0,
-            carbon_fraction=0.0, keep_clean=True, seed=100 + index,
+            ice_texture=0.5, carbon_fraction=0.0, keep_clean=True, seed=100 + index,
         )  # fmt: skip
         assert micrograph.clean is not None
         movie = simulate_movie(
             micrograph.clean, pixel_size_A=size.pixel_size_A, n_frames=size.n_frames,
             dose_per_frame_e_per_A2=size.dose_per_frame_e_per_A2, seed=200 + index,
             gain_variation=0.0,  # one camera: every movie shares the gain written below
-            image_contrast=0.35,
+            image_contrast=0.1,  # more clips the particle cores at zero (simulate_movie)
         )  # fmt: skip
         path = f"raw/movie_{index:03d}.tif"
         save_movie(movie, root / path, gain_path=raw / "gain.mrc" if index == 0 else None)
@@ -168,7 +168,7 @@ spec:
   project: demo
   type: blob_picker
   params: {{diameter_min_A: {0.8 * diameter:.0f}, diameter_max_A: {1.2 * diameter:.0f},
-           max_num_hits: {round(1.2 * size.particles_per_micrograph)}, min_score: 4}}
+           max_num_hits: {round(1.2 * size.particles_per_micrograph)}}}
   inputs: [{{job: ctf, output: micrographs}}]
 ---
 apiVersion: cryokube.io/v1alpha1
