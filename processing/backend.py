@@ -233,7 +233,21 @@ def fourier_shift(
         Multiply ``f`` itself (complex64, shaped like the result) and return it: on a large
         stack each temporary copy costs as much as the FFT.
     """
-    xp = array_module(f)
+    out = f
+    for ramp in phase_ramps(shifts_px, shape, f.dtype, xp=array_module(f)):
+        if in_place:
+            out *= ramp
+        else:
+            out = out * ramp
+    return out
+
+
+def phase_ramps(
+    shifts_px: Array, shape: tuple[int, ...], dtype: Any, *, xp: ModuleType = np
+) -> list[Array]:
+    """The per-axis factors of :func:`fourier_shift`'s phase ramp, broadcastable to
+    ``(..., *half_spectrum_shape)``: their product moves ``rfftn`` spectra of real-space
+    ``shape`` by ``shifts_px`` (..., ndim)."""
     shifts = xp.asarray(shifts_px, dtype=DEFAULT_DTYPE)
     ndim = len(shape)
     if shifts.shape[-1] != ndim:
@@ -241,15 +255,10 @@ def fourier_shift(
     # The ramp factors into one ramp per axis: ny + nx/2 complex exponentials per image
     # instead of ny * nx/2 (profiling showed the full ramp at half of motion correction's time).
     lead = shifts.shape[:-1]
-    out = f
-    for axis, g in enumerate(fft_freqs(shape, xp=xp)):
-        s = shifts[..., axis].reshape(lead + (1,) * ndim)
-        ramp = xp.exp((-2j * np.pi) * (s * g)).astype(f.dtype)
-        if in_place:
-            out *= ramp
-        else:
-            out = out * ramp
-    return out
+    return [
+        xp.exp((-2j * np.pi) * (shifts[..., axis].reshape(lead + (1,) * ndim) * g)).astype(dtype)
+        for axis, g in enumerate(fft_freqs(shape, xp=xp))
+    ]
 
 
 def shift_image(x: Array, shifts_px: Array) -> Array:

@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 from cryokube.processing.algorithms.motion import (
     MotionResult,
+    _ramped_sums,
     align_movie,
     dose_weights,
     evaluate_deformation,
     fit_deformation,
 )
-from cryokube.processing.backend import irfft2, radial_frequency, rfft2
+from cryokube.processing.backend import (
+    fourier_shift,
+    irfft2,
+    phase_ramps,
+    radial_frequency,
+    rfft2,
+)
 from cryokube.processing.io.gain import FrameCorrection, find_defects
 from cryokube.processing.simulate import Movie, simulate_movie
 
@@ -236,3 +243,23 @@ def test_gpu_matches_cpu() -> None:
     gpu = align_movie(to_device(frames, "gpu"), **kwargs)  # type: ignore[arg-type]
     np.testing.assert_allclose(to_host(gpu.global_shifts_px), cpu.global_shifts_px, atol=0.02)
     np.testing.assert_allclose(to_host(gpu.micrograph), cpu.micrograph, rtol=1e-3, atol=1e-2)
+
+
+def test_ramped_sums_block_by_block_equal_the_whole_stack() -> None:
+    """The tile correction's blocked ramp-and-sum (a last block shorter than the others
+    included) is the plain formula over the whole stack."""
+    rng = np.random.default_rng(3)
+    shape = (21, 16)
+    stack = rng.standard_normal((5, *shape)).astype(np.float32)
+    spectra = np.fft.rfft2(stack).astype(np.complex64)
+    shifts = rng.uniform(-0.5, 0.5, (5, 2)).astype(np.float32)
+    weights = rng.uniform(0.2, 1.0, spectra.shape).astype(np.complex64)
+    moved = fourier_shift(spectra, shifts, shape)
+    ramp_y, ramp_x = phase_ramps(shifts, shape, np.complex64)
+    plain, weighted = _ramped_sums(spectra.copy(), ramp_y, ramp_x, weights)
+    np.testing.assert_allclose(plain, moved.sum(axis=0), rtol=1e-5, atol=1e-4)
+    assert weighted is not None
+    np.testing.assert_allclose(weighted, (moved * weights).sum(axis=0), rtol=1e-5, atol=1e-4)
+    alone, none = _ramped_sums(spectra.copy(), ramp_y, ramp_x, None)
+    np.testing.assert_array_equal(alone, plain)
+    assert none is None

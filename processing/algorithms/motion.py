@@ -45,6 +45,7 @@ from cryokube.processing.backend import (
     irfft2,
     irfft2_near_zero,
     parallel_map,
+    phase_ramps,
     rfft2,
     rfft2_cropped,
     to_host,
@@ -65,6 +66,10 @@ _CRITICAL_C = 2.81
 
 # Frames per cross-correlation batch in the iterative alignment (bounds its temporaries).
 _FRAME_CHUNK = 8
+
+# Spectrum rows per block of a tile stack in the tile correction (50 frames x 8 rows x 289
+# complex64 is 0.9 MB, within a core's L2 cache).
+_SUM_ROWS = 8
 
 # Spatial terms of the deformation model (MotionCor2): 1, x, x^2, y, y^2, xy.
 _SPATIAL_TERMS = 6
@@ -628,6 +633,35 @@ def _patch_trajectories(
     return xp.asarray(centres, dtype=np.float32), shifts
 
 
+def _ramped_sums(
+    spectra: Array, ramp_y: Array, ramp_x: Array, weights: Array | None
+) -> tuple[Array, Array | None]:
+    """``sum_f S_f R_f`` and ``sum_f S_f R_f W_f`` over the frames of a tile stack ``S``, with
+    the phase ramp ``R_f`` as its y and x factors and the dose weights ``W``; ``S`` is
+    overwritten.
+
+    On numpy the stack is taken :data:`_SUM_ROWS` rows at a time, so that each block stays in
+    the core's cache through both ramps, the sums and the weights: the stack is read from
+    memory once instead of seven times, which took 40% of the tile correction on
+    5760 x 4092 x 50 (its FFTs the rest). A GPU takes the whole stack at once.
+    """
+    xp = array_module(spectra)
+    rows = spectra.shape[1]
+    step = _SUM_ROWS if xp is np else rows
+    plain = xp.empty(spectra.shape[1:], dtype=spectra.dtype)
+    weighted = None if weights is None else xp.empty_like(plain)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        block = spectra[:, part]
+        block *= ramp_y[:, part]
+        block *= ramp_x
+        xp.sum(block, axis=0, out=plain[part])
+        if weights is not None and weighted is not None:
+            block *= weights[:, part]
+            xp.sum(block, axis=0, out=weighted[part])
+    return plain, weighted
+
+
 def _corrected_sums(
     frames: Array,
     means: list[Array],
@@ -686,16 +720,10 @@ def _corrected_sums(
                 stack[i],
                 means[i],
             )
-        spectra = rfft2(stack)
-        # The phase ramps and the dose weights, applied in place: on a tile stack each
-        # temporary copy costs as much as the FFT (profiled on 5760 x 4092 x 50).
-        fourier_shift(spectra, -fraction[index], win, in_place=True)
-        plain_tile = irfft2(xp.sum(spectra, axis=0), win)
-        if weights is None:
-            weighted_tile = plain_tile
-        else:
-            spectra *= weights
-            weighted_tile = irfft2(xp.sum(spectra, axis=0), win)
+        ramp_y, ramp_x = phase_ramps(-fraction[index], win, np.complex64, xp=xp)
+        plain_sum, weighted_sum = _ramped_sums(rfft2(stack), ramp_y, ramp_x, weights)
+        plain_tile = irfft2(plain_sum, win)
+        weighted_tile = plain_tile if weighted_sum is None else irfft2(weighted_sum, win)
         # This tile's share of the output: its rows and columns not in the next tile's core.
         rows = slice(iy * core_y, min((iy + 1) * core_y, ny))
         cols = slice(ix * core_x, min((ix + 1) * core_x, nx))
