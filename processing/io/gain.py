@@ -144,7 +144,7 @@ def find_defects(frame_sum: npt.ArrayLike, *, n_sigma: float = 8.0) -> npt.NDArr
     total = np.asarray(frame_sum, dtype=np.float64)
     if total.ndim != 2:
         raise ValueError(f"frame_sum must be 2D, got shape {total.shape}")
-    mask = _poisson_outlier(total, float(np.median(total)), n_sigma)
+    mask: npt.NDArray[np.bool_] = _poisson_outlier(total, float(np.median(total)), n_sigma)
     y, x = np.nonzero(mask)
     ny, nx = total.shape
     neighbours = np.stack(
