@@ -266,6 +266,17 @@ def classify_views(views_project: Any, job: str, **env: str) -> tuple[Any, np.nd
 
 
 @pytest.mark.slow
+def test_import_summary_says_how_protein_looks(views_project: Any) -> None:
+    """The summary reads every particle's blob/sign: all dark, or mixed stacks counted."""
+    root, _, outputs = views_project
+    assert outputs["particles"]["summary"]["protein"] == "dark"
+    particles = load_cs(root / "raw" / "particles.cs")
+    signs = np.where(np.arange(len(particles)) < 50, 1.0, -1.0).astype(np.float32)
+    save_cs(particles.with_columns({"blob/sign": signs}), root / "raw" / "mixed.cs")
+    mixed = run_ok(root, "import-mixed", "import_particles", {"particle_meta_path": "raw/mixed.cs"})
+    assert mixed["particles"]["summary"]["protein"] == "mixed (130 dark)"
+
+
 def test_classify_2d_separates_distinct_views_and_select_keeps_them(views_project: Any) -> None:
     root = views_project[0]
     outputs, table = classify_views(views_project, "classes")

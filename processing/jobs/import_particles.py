@@ -178,10 +178,18 @@ def run(ctx: JobContext) -> None:
             "pixel_size_A": round(psize_A, 4),
             "has_ctf": "ctf/df1_A" in dataset,
             "has_poses": "alignments3D/pose" in dataset,
-            "protein": "white" if float(dataset["blob/sign"][0]) > 0 else "dark",
+            "protein": _protein_contrast(dataset["blob/sign"]),
         },
     )
     ctx.log(f"imported {n} particles from {len(keys)} stacks at {psize_A:.4g} A/px")
+
+
+def _protein_contrast(signs: Any) -> str:
+    """``white``, ``dark``, or ``mixed (k dark)`` where the stacks disagree."""
+    dark = int(np.count_nonzero(np.asarray(signs) < 0))
+    if dark == 0:
+        return "white"
+    return "dark" if dark == len(signs) else f"mixed ({dark} dark)"
 
 
 JOB = JobType(
