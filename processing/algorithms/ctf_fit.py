@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.optimize
@@ -140,31 +139,69 @@ class _Problem:
     cs_mm: float
     amp_contrast: float
 
+    @functools.cached_property
+    def band_bins(self) -> Array:
+        """``bins``, with the points outside the band in a last bin that no annulus reaches."""
+        xp = array_module(self.k2)
+        return xp.where(self.band.ravel(), self.bins, self.bin_k2.shape[0])
 
-def _windows(p: _Problem, defocus_A: float) -> Callable[[Array | None], Array]:
-    """Sums over the one-ring-period annulus around every k^2 bin, for a trial defocus.
+    @property
+    def background_columns(self) -> list[Array]:
+        """The local background's regressors ``1, k^2 - k2_centre, cos 2theta, sin 2theta``."""
+        xp = array_module(self.k2)
+        x = self.k2.ravel().astype(np.float64) - self.k2_centre
+        return [xp.ones_like(x), x, self.cos2, self.sin2]
+
+    @functools.cached_property
+    def fixed_prefix(self) -> dict[tuple[Any, Any], Array]:
+        """Prefix sums of the products that do not depend on the CTF model: background by
+        background ``(i, j)``, background by data ``(i, "d")`` and ``("d", "d")``. Computed
+        once, they spare each score evaluation 15 of its 28 passes over the grid."""
+        columns = self.background_columns
+        d = self.amplitude.ravel().astype(np.float64)
+        fixed: dict[tuple[Any, Any], Array] = {("d", "d"): _prefix_sums(self, d * d)}
+        for i, column in enumerate(columns):
+            fixed[i, "d"] = _prefix_sums(self, column * d)
+            for j in range(i, len(columns)):
+                fixed[i, j] = _prefix_sums(self, column * columns[j])
+        return fixed
+
+
+@dataclass(frozen=True)
+class _Annuli:
+    """The one-ring-period annulus around every k^2 bin, for a trial defocus.
 
     The annulus spans half a Thon-ring period on either side in k^2 (the period is
     ``1 / (lambda D - Cs lambda^3 k^2)``). Grid points are binned finely in k^2 (``_K2_BINS``
-    bins) and the sums come from prefix sums over bins, so one call costs a pass over the grid.
+    bins); a sum over every annulus is a difference of the prefix sums over bins
+    (:func:`_prefix_sums`), so it costs a pass over the grid, or none for sums that do not
+    depend on the model (:attr:`_Problem.fixed_prefix`).
     """
+
+    lo: Array
+    hi: Array
+
+    def sums(self, prefix: Array) -> Array:
+        return prefix[self.hi] - prefix[self.lo]
+
+
+def _annuli(p: _Problem, defocus_A: float) -> _Annuli:
     xp = array_module(p.k2)
     slope = p.wavelength_A * defocus_A - p.cs_A * p.wavelength_A**3 * p.bin_k2
     half_period = 0.5 / xp.maximum(slope, 0.05 * p.wavelength_A * defocus_A)
     n_bins = p.bin_k2.shape[0]
     lo = xp.clip(xp.rint((p.bin_k2 - half_period) / p.bin_width), 0, n_bins).astype(np.int64)
     hi = xp.clip(xp.rint((p.bin_k2 + half_period) / p.bin_width) + 1, 0, n_bins)
-    hi = hi.astype(np.int64)
+    return _Annuli(lo, hi.astype(np.int64))
 
-    in_band = p.band.ravel().astype(np.float64)
 
-    def window(weights: Array | None) -> Array:
-        weights = in_band if weights is None else weights * in_band
-        sums = xp.bincount(p.bins, weights=weights, minlength=n_bins)[:n_bins]
-        prefix = xp.concatenate([xp.zeros(1), xp.cumsum(sums)])
-        return prefix[hi] - prefix[lo]
-
-    return window
+def _prefix_sums(p: _Problem, weights: Array | None) -> Array:
+    """Prefix sums over the k^2 bins of ``weights`` (one per grid point; None counts points),
+    inside the band."""
+    xp = array_module(p.k2)
+    n_bins = p.bin_k2.shape[0]
+    sums = xp.bincount(p.band_bins, weights=weights, minlength=n_bins + 1)[:n_bins]
+    return xp.concatenate([xp.zeros(1), xp.cumsum(sums)])
 
 
 def _model(p: _Problem, params: tuple[float, float, float, float]) -> Array:
@@ -188,7 +225,7 @@ def _model(p: _Problem, params: tuple[float, float, float, float]) -> Array:
 def _annulus_partial_r2(p: _Problem, params: tuple[float, float, float, float]) -> Array:
     """Signed partial R^2 of the CTF rings in the annulus of every k^2 bin.
 
-    In the annulus around each k^2 bin (see :func:`_windows`) the data are regressed on a
+    In the annulus around each k^2 bin (see :class:`_Annuli`) the data are regressed on a
     local background ``a + b k^2 + g cos 2theta + h sin 2theta`` and on the model with a local
     ring amplitude that changes linearly with frequency, ``(c + e k^2) CTF^2``. The score of
     the annulus is the fraction of the background-only residual that the ring terms explain,
@@ -199,19 +236,28 @@ def _annulus_partial_r2(p: _Problem, params: tuple[float, float, float, float]) 
     directions out of the astigmatism.
     """
     xp = array_module(p.amplitude)
-    window = _windows(p, 0.5 * (params[0] + params[1]))
-    d = p.amplitude.ravel().astype(np.float64)
+    annuli = _annuli(p, 0.5 * (params[0] + params[1]))
+    fixed = p.fixed_prefix
+    background = p.background_columns
     m = _model(p, params).ravel().astype(np.float64)
-    x = p.k2.ravel().astype(np.float64) - p.k2_centre
-    background = [xp.ones_like(x), x, p.cos2, p.sin2]
-    columns = [*background, m, x * m]
+    rings = [m, background[1] * m]
+    columns = [*background, *rings]
     n, nb = len(columns), len(background)
-    sums = {(i, j): window(columns[i] * columns[j]) for i in range(n) for j in range(i, n)}
+    sums = {
+        (i, j): annuli.sums(fixed[i, j] if j < nb else _prefix_sums(p, columns[i] * columns[j]))
+        for i in range(n)
+        for j in range(i, n)
+    }
     gram = xp.stack(
         [xp.stack([sums[min(i, j), max(i, j)] for j in range(n)], axis=-1) for i in range(n)],
         axis=-2,
     )
-    rhs = xp.stack([window(column * d) for column in columns], axis=-1)
+    d = p.amplitude.ravel().astype(np.float64)
+    rhs = xp.stack(
+        [annuli.sums(fixed[i, "d"]) for i in range(nb)]
+        + [annuli.sums(_prefix_sums(p, ring * d)) for ring in rings],
+        axis=-1,
+    )
     # Partial regression through the Schur complement of the background block: the rings'
     # residual sum of squares after the background is projected out.
     g_bb, g_br, g_rr = gram[:, :nb, :nb], gram[:, :nb, nb:], gram[:, nb:, nb:]
@@ -219,7 +265,7 @@ def _annulus_partial_r2(p: _Problem, params: tuple[float, float, float, float]) 
     solved = xp.linalg.solve(
         g_bb + ridge * xp.eye(nb), xp.concatenate([rhs[:, :nb, None], g_br], -1)
     )
-    rss0 = window(d * d) - xp.sum(rhs[:, :nb] * solved[..., 0], axis=-1)
+    rss0 = annuli.sums(fixed["d", "d"]) - xp.sum(rhs[:, :nb] * solved[..., 0], axis=-1)
     schur = g_rr - xp.swapaxes(g_br, -1, -2) @ solved[..., 1:]
     ring_rhs = rhs[:, nb:] - xp.sum(g_br * solved[..., :1], axis=-2)
     ridge = 1e-9 * xp.trace(schur, axis1=-2, axis2=-1)[:, None, None] + 1e-30
@@ -299,7 +345,7 @@ def _fit_resolution(p: _Problem, params: tuple[float, float, float, float], low_
     points: ``2 / n``).
     """
     partial = to_host(_annulus_partial_r2(p, params))
-    counts = to_host(_windows(p, 0.5 * (params[0] + params[1]))(None))
+    counts = to_host(_annuli(p, 0.5 * (params[0] + params[1])).sums(_prefix_sums(p, None)))
     k2 = to_host(p.bin_k2)
     holds = (counts >= 8) & (partial >= 10.0 / np.maximum(counts, 1))
     first = int(np.searchsorted(k2, 1.0 / low_A**2))
