@@ -196,9 +196,10 @@ def _align_spectra(
 
     ``spectra`` has shape (..., n_frames, ky, kx) (``rfft2`` of real frames of ``shape``); the
     leading axes are independent stacks (patches); ``weight`` is :func:`_bfactor_filter`.
-    Returns shifts (..., n_frames, 2) in pixels of ``shape``, with the first frame at zero. Each
-    iteration measures the residual shift of the already-aligned frame, so the sub-pixel
-    parabola is fitted at a centred, symmetric peak. Frames are shifted and cross-correlated
+    Returns shifts (..., n_frames, 2) in pixels of ``shape``, with the first frame at zero, and
+    leaves ``spectra`` moved by them (aligned, in place: no copy of the stack per iteration).
+    Each iteration measures the residual shift of the already-aligned frame, so the sub-pixel
+    parabola is fitted at a centred, symmetric peak. Frames are moved and cross-correlated
     ``_FRAME_CHUNK`` at a time, so the temporaries stay a fraction of the spectra's size, with
     the chunks on several threads (on one inside a
     :func:`~cryokube.processing.backend.parallel_map` thread: the caller runs several stacks).
@@ -212,17 +213,14 @@ def _align_spectra(
     chunks = [slice(s, s + _FRAME_CHUNK) for s in range(0, n_frames, _FRAME_CHUNK)]
 
     for _ in range(max_iterations):
+        total = sum(
+            parallel_map(
+                lambda c: xp.sum(spectra[..., c, :, :], axis=-3, keepdims=True), chunks, xp
+            )
+        )
 
-        def shifted(c: slice, shifts: Array = shifts) -> Array:
-            return fourier_shift(spectra[..., c, :, :], -shifts[..., c, :], shape)
-
-        aligned = parallel_map(shifted, chunks, xp)
-        total = sum(xp.sum(part, axis=-3, keepdims=True) for part in aligned)
-
-        def peaks(
-            c: slice, aligned: list[Array] = aligned, total: Array = total, search: float = search
-        ) -> Array:
-            chunk = aligned[c.start // _FRAME_CHUNK]
+        def peaks(c: slice, total: Array = total, search: float = search) -> Array:
+            chunk = spectra[..., c, :, :]
             product = total - chunk
             xp.conj(product, out=product)
             product *= chunk
@@ -237,10 +235,16 @@ def _align_spectra(
             return find_peaks(cc, max_shift_px=search)
 
         parts = parallel_map(peaks, chunks, xp)
-        del aligned, peaks
+        del peaks
         residual = xp.concatenate(parts, axis=-2)
-        shifts = shifts + residual
-        shifts = shifts - shifts[..., :1, :]
+        # relative to the first frame, which stays where it is
+        step = residual - residual[..., :1, :]
+        shifts = shifts + step
+
+        def move(c: slice, step: Array = step) -> None:
+            fourier_shift(spectra[..., c, :, :], -step[..., c, :], shape, in_place=True)
+
+        parallel_map(move, chunks, xp)
         # Later iterations only refine: a small search window keeps noise peaks out.
         search = min(search, 4.0)
         if float(xp.max(xp.abs(residual))) < tolerance_px:
@@ -528,8 +532,8 @@ def align_movie(
         centres = xp.asarray([[ny / 2.0, nx / 2.0]], dtype=np.float32)
         coeffs = xp.zeros((2, _SPATIAL_TERMS, _TIME_TERMS), dtype=np.float32)
     else:
-        # In place: the binned spectra are not needed again (one copy less at the peak).
-        aligned_small = irfft2(fourier_shift(spectra, -global_small, small, in_place=True), small)
+        # _align_spectra left the binned spectra aligned
+        aligned_small = irfft2(spectra, small)
         del spectra
         # Patches cover the movie, not the padding.
         content = (round(ny * small[0] / padded[0]), round(nx * small[1] / padded[1]))
