@@ -176,8 +176,10 @@ def _decode_tiff_batches(
     *,
     batch_size: int,
     n_threads: int,
+    out: npt.NDArray[Any] | None = None,
 ) -> Generator[npt.NDArray[Any], None, None]:
-    """Decode consecutive pages ``batch_size`` at a time on ``n_threads`` threads."""
+    """Decode consecutive pages ``batch_size`` at a time on ``n_threads`` threads, into
+    ``out`` (n_frames, ny, nx) of the file's dtype when given (one frame per page only)."""
     group = info.raw_frames_per_fraction
     n_raw = info.n_frames * group
     raw_per_batch = batch_size * group
@@ -192,7 +194,11 @@ def _decode_tiff_batches(
                     f"frame {page.index} has shape {page.shape}, frame 0 has {info.frame_shape}",
                 )
         try:
-            raw = tif.asarray(key=list(range(start, stop)), maxworkers=n_threads)
+            raw = tif.asarray(
+                key=list(range(start, stop)),
+                maxworkers=n_threads,
+                out=None if out is None else out[start:stop],
+            )
         except (ValueError, RuntimeError, OSError, IndexError) as exc:
             raise UnreadableCompressionError(
                 path, f"frames {start}-{stop - 1} cannot be decoded ({exc})"
@@ -271,9 +277,7 @@ def iter_movie(
         raise ValueError(
             f"eer_upsampling must be 1 (EER super-resolution is not supported), got {eer_upsampling}"
         )
-    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
-    if threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    threads = _thread_count(n_threads)
     file = Path(path)
     fmt = _movie_format(file)
     if fmt == "mrc":
@@ -293,6 +297,13 @@ def iter_movie(
                 yield batch if correction is None else correction.apply(batch)
 
 
+def _thread_count(n_threads: int | None) -> int:
+    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
+    if threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    return threads
+
+
 def read_movie(
     path: str | os.PathLike[str],
     *,
@@ -300,7 +311,22 @@ def read_movie(
     correction: FrameCorrection | None = None,
     eer_fractions: int | None = None,
 ) -> npt.NDArray[Any]:
-    """Read a whole movie into one array of shape (n_frames, ny, nx); see :func:`iter_movie`."""
+    """Read a whole movie into one array of shape (n_frames, ny, nx); see :func:`iter_movie`.
+
+    Uncorrected TIFF pages are decoded straight into the result: a batch buffer and its copy
+    cost a fifth of reading a 5760 x 4092 x 50 LZW movie.
+    """
+    file = Path(path)
+    if correction is None and _movie_format(file) == "tiff":
+        with _open_tiff(file) as tif:
+            info = _tiff_info(tif, file, "tiff", None)
+            out = np.empty((info.n_frames, *info.frame_shape), dtype=info.dtype)
+            batches = _decode_tiff_batches(
+                tif, info, file, batch_size=16, n_threads=_thread_count(n_threads), out=out
+            )
+            for _ in batches:
+                pass
+        return out
     info = read_movie_info(path, eer_fractions=eer_fractions)
     dtype = np.float32 if correction is not None else info.dtype
     out = np.empty((info.n_frames, *info.frame_shape), dtype=dtype)
