@@ -304,7 +304,7 @@ def pick_blobs(
     if dark_particles:
         image = -image
     shape = image.shape
-    k = frequency_grid_per_A(shape, work_A, xp=xp)
+    k2 = (frequency_grid_per_A(shape, work_A, xp=xp) ** 2).astype(np.float32)
     spectrum = rfft2(image)
     diameters = np.geomspace(d_min, d_max, n_scales)
     best = xp.full(shape, -np.inf, dtype=np.float32)
@@ -312,11 +312,10 @@ def pick_blobs(
     for d in diameters:
         sigma = d / (2.0 * math.sqrt(2.0))
         # Fourier transform of -sigma^2 LoG: 4 pi^2 sigma^2 k^2 exp(-2 pi^2 sigma^2 k^2).
-        kernel = (4 * math.pi**2 * sigma**2) * k * k * xp.exp(-2 * math.pi**2 * sigma**2 * k * k)
-        response = irfft2(spectrum * kernel.astype(np.float32), shape)
-        better = response > best
-        best = xp.where(better, response, best)
-        best_d = xp.where(better, np.float32(d), best_d)
+        a = np.float32(2 * math.pi**2 * sigma**2)
+        response = irfft2(spectrum * ((2 * a) * k2 * xp.exp(-a * k2)), shape)
+        xp.copyto(best_d, np.float32(d), where=response > best)
+        xp.maximum(best, response, out=best)
     median = xp.median(best)
     spread = 1.4826 * xp.median(xp.abs(best - median))
     score = (best - median) / xp.maximum(spread, 1e-12)
