@@ -189,15 +189,16 @@ def _local_maxima(
     return (y * nx + x)[order][:max_picks]
 
 
-def _local_power(image: Array, radius_px: float) -> Array:
-    """Variance of ``image`` in a disc of ``radius_px`` around every pixel (FFT convolution)."""
+def _local_power(image: Array, spectrum: Array, radius_px: float) -> Array:
+    """Variance of ``image`` (``spectrum`` its ``rfft2``) in a disc of ``radius_px`` around every
+    pixel (FFT convolution)."""
     xp = array_module(image)
     ny, nx = image.shape
     yy = xp.fft.fftfreq(ny)[:, None] * ny
     xx = xp.fft.fftfreq(nx)[None, :] * nx
     disc = (yy * yy + xx * xx <= radius_px * radius_px).astype(np.float32)
     disc_f = rfft2(disc / xp.sum(disc))
-    mean = irfft2(rfft2(image) * disc_f, (ny, nx))
+    mean = irfft2(spectrum * disc_f, (ny, nx))
     mean_sq = irfft2(rfft2(image * image) * disc_f, (ny, nx))
     return xp.maximum(mean_sq - mean * mean, 0)
 
@@ -327,7 +328,7 @@ def pick_blobs(
         min_score=min_score,
         max_picks=max_picks,
     )
-    power = _local_power(image, 0.5 * d_max / work_A)
+    power = _local_power(image, spectrum, 0.5 * d_max / work_A)
     zeros = xp.zeros(shape, dtype=np.float32)
     return _build_picks(
         index, score, power, best_d, zeros.astype(np.int64), zeros, work_A / pixel_size_A
