@@ -646,8 +646,8 @@ def _ramped_sums(
 
     On numpy the stack is taken :data:`_SUM_ROWS` rows at a time, so that each block stays in
     the core's cache through both ramps, the sums and the weights: the stack is read from
-    memory once instead of seven times, which took 40% of the tile correction on
-    5760 x 4092 x 50 (its FFTs the rest). A GPU takes the whole stack at once.
+    memory once instead of seven times (the tile correction of 5760 x 4092 x 50 took 5.0-5.4 s
+    instead of 5.7-6.0 s, 2.8 s of it the tiles' FFTs). A GPU takes the whole stack at once.
     """
     xp = array_module(spectra)
     rows = spectra.shape[1]
