@@ -145,7 +145,7 @@ class _Problem:
         xp = array_module(self.k2)
         return xp.where(self.band.ravel(), self.bins, self.bin_k2.shape[0])
 
-    @property
+    @functools.cached_property
     def background_columns(self) -> list[Array]:
         """The local background's regressors ``1, k^2 - k2_centre, cos 2theta, sin 2theta``."""
         xp = array_module(self.k2)
