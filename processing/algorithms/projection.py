@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+from cryokube.processing.algorithms._trilinear import extract_slices_cpu, takes_compiled_path
 from cryokube.processing.backend import (
     Array,
     array_module,
@@ -249,9 +250,23 @@ def extract_slices(
     xp = array_module(fvol.spectrum)
     rot = xp.asarray(rot)
     n = fvol.box_size
-    half = n // 2 + 1
     ky, kx = fft_freqs((n, n), xp=xp)
-    in_disc = (kx * kx + ky * ky) <= (max_frequency or 0.0) ** 2
+    keep = None if max_frequency is None else (kx * kx + ky * ky) <= max_frequency**2
+    if takes_compiled_path(fvol.spectrum):
+        out = extract_slices_cpu(fvol.spectrum, rot, n, keep)
+    else:
+        out = _extract_arrays(fvol, rot, keep)
+    out *= _centring_ramp(n, xp).astype(out.dtype)
+    return out[0] if single else out
+
+
+def _extract_arrays(fvol: FourierVolume, rot: Array, keep: Array | None) -> Array:
+    """:func:`extract_slices` before its centring ramp, in array operations (CuPy's path; the
+    CPU's compiled kernel ``_trilinear._extract`` does the same arithmetic): zero outside
+    ``keep``, or with None outside the sampled cube."""
+    xp = array_module(fvol.spectrum)
+    n = fvol.box_size
+    half = n // 2 + 1
     out = xp.empty((rot.shape[0], n, half), dtype=fvol.spectrum.dtype)
     step = max(1, _CHUNK_SAMPLES // (n * half))
     for start in range(0, rot.shape[0], step):
@@ -259,10 +274,9 @@ def extract_slices(
         freqs = central_slice_frequencies(chunk, n)
         values = _interpolate(fvol, freqs.reshape(-1, 3)).reshape(chunk.shape[0], n, half)
         # masks rather than boolean gathers: one code path for numpy and CuPy
-        keep = xp.all(xp.abs(freqs) <= 0.5, axis=-1) if max_frequency is None else in_disc
-        out[start : start + chunk.shape[0]] = xp.where(keep, values, 0)
-    out *= _centring_ramp(n, xp).astype(out.dtype)
-    return out[0] if single else out
+        inside = xp.all(xp.abs(freqs) <= 0.5, axis=-1) if keep is None else keep
+        out[start : start + chunk.shape[0]] = xp.where(inside, values, 0)
+    return out
 
 
 def _centring_ramp(n: int, xp: ModuleType) -> Array:

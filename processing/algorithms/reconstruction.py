@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+from cryokube.processing.algorithms._trilinear import insert_slices_cpu, takes_compiled_path
 from cryokube.processing.algorithms.fsc import shell_index, soft_spherical_mask
 from cryokube.processing.algorithms.projection import (
     central_slice_frequencies,
@@ -173,8 +174,7 @@ def insert_slices(
         Samples beyond this image frequency (cycles/px, at most 0.5) are left out.
     """
     xp = array_module(acc.data)
-    n, p = acc.box_size, acc.padded_size
-    half = p // 2 + 1
+    n = acc.box_size
     if spectra.ndim != 3 or spectra.shape[1:] != (n, n // 2 + 1):
         raise ValueError(f"spectra must have shape (B, {n}, {n // 2 + 1}), got {spectra.shape}")
     b = spectra.shape[0]
@@ -191,6 +191,35 @@ def insert_slices(
     # Nyquist row), as each sample also stands for its mate in the half grid
     inside = ((kx * kx + ky * ky) <= max_frequency**2) & ((kx > 0) | (ky >= 0) | (ky == -0.5))
     inside = xp.flatnonzero(inside.reshape(-1))
+    if takes_compiled_path(acc.data):
+        insert_slices_cpu(
+            acc.data,
+            acc.weight,
+            np.asarray(spectra, dtype=np.complex64),
+            np.ones(spectra.shape, np.float32) if ctf is None else np.asarray(ctf, np.float32),
+            np.ones(b, np.float32) if weights is None else np.asarray(weights, np.float32),
+            np.asarray(rotations, dtype=np.float32),
+            inside,
+        )
+    else:
+        _insert_arrays(acc, spectra, rotations, ctf, weights, inside)
+
+
+def _insert_arrays(
+    acc: FourierAccumulator,
+    spectra: Array,
+    rotations: Array,
+    ctf: Array | None,
+    weights: Array | None,
+    inside: Array,
+) -> None:
+    """:func:`insert_slices` in array operations (CuPy's path; the CPU's compiled kernel
+    ``_trilinear._insert`` does the same arithmetic): the samples ``inside`` (flat indices
+    into an image's ``rfft2`` grid) of every slice, scattered corner by corner."""
+    xp = array_module(acc.data)
+    n, p = acc.box_size, acc.padded_size
+    half = p // 2 + 1
+    b = spectra.shape[0]
     per_view = int(inside.size)
     step = max(1, _CHUNK_SAMPLES // per_view)
     data_flat = acc.data.reshape(-1)
