@@ -142,6 +142,7 @@ def _insert(
     transfer: Any,
     weights: Any,
     rot: Any,
+    inside: Any,
     ky: Any,
     kx: Any,
     data: Any,
@@ -164,6 +165,7 @@ def _insert(
             a00, a01, a02 = rot[b, 0, 0], rot[b, 0, 1], rot[b, 0, 2]
             a10, a11, a12 = rot[b, 1, 0], rot[b, 1, 1], rot[b, 1, 2]
             wb = weights[b]
+            tb = b if transfer.shape[0] > 1 else 0
             for m in range(ky.size):
                 y = ky[m]
                 x = kx[m]
@@ -177,10 +179,11 @@ def _insert(
                 own1 = owner[iz1] == t
                 if not (own0 or own1):
                     continue
-                c = transfer[b, m]
+                j = inside[m]
+                c = transfer[tb, j]
                 s = c * wb
-                re = spectra[b, 2 * m] * s
-                im = spectra[b, 2 * m + 1] * s
+                re = spectra[b, 2 * j] * s
+                im = spectra[b, 2 * j + 1] * s
                 sample_weight = c * c * wb
                 if g0 < 0:
                     g0, g1, g2 = -g0, -g1, -g2
@@ -289,17 +292,19 @@ def insert_slices_cpu(
     inside: npt.NDArray[np.intp],
 ) -> None:
     """Add the samples ``inside`` (flat indices into an image's ``rfft2`` grid) of ``spectra``
-    and ``transfer`` (B, N, N//2 + 1), with per-slice ``weights`` (B,), to the accumulator
+    and ``transfer`` (B, N, N//2 + 1), or one ``transfer`` (1, N, N//2 + 1) for all, with
+    per-slice ``weights`` (B,), to the accumulator
     ``data``/``weight`` (P, P, P//2 + 1) in place; the array code is ``insert_slices``."""
     b, n = spectra.shape[0], spectra.shape[1]
     ky = np.broadcast_to(np.fft.fftfreq(n).astype(rotations.dtype)[:, None], spectra.shape[1:])
     kx = np.broadcast_to(np.fft.rfftfreq(n).astype(rotations.dtype)[None, :], spectra.shape[1:])
     with _threads() as n_threads:
         _insert(
-            np.ascontiguousarray(spectra.reshape(b, -1)[:, inside]).view(np.float32),
-            transfer.reshape(b, -1)[:, inside],
+            np.ascontiguousarray(spectra).reshape(b, -1).view(np.float32),
+            np.ascontiguousarray(transfer).reshape(transfer.shape[0], -1),
             weights,
             rotations,
+            inside,
             ky.reshape(-1)[inside],
             kx.reshape(-1)[inside],
             data.reshape(-1).view(np.float32),

@@ -196,7 +196,7 @@ def insert_slices(
             acc.data,
             acc.weight,
             np.asarray(spectra, dtype=np.complex64),
-            np.ones(spectra.shape, np.float32) if ctf is None else np.asarray(ctf, np.float32),
+            np.ones((1, n, n // 2 + 1), np.float32) if ctf is None else np.asarray(ctf, np.float32),
             np.ones(b, np.float32) if weights is None else np.asarray(weights, np.float32),
             np.asarray(rotations, dtype=np.float32),
             inside,
