@@ -12,10 +12,9 @@
   (particles x shifts) x band x (classes x rotations)) at ``fft_GFLOPs_2threads``, the only
   measured flop rate (a proxy for the BLAS rate). Accuracy: purity of the classes (fraction).
 - ``recon_refine``: particles per second per iteration of gold-standard refinement (1 global
-  and 2 local iterations), after an untimed one-iteration run on 40 particles that compiles
-  the CPU kernels. Roofline: memory traffic of the trilinear slice extraction of the
-  local search (27 candidate slices per particle over the whole image, 8 complex64 voxels read
-  per sample) at ``memory_bandwidth_GBps``. Accuracy: median angular pose error in degrees.
+  and 2 local iterations), after :func:`compile_cpu_kernels`. Roofline: memory traffic of the
+  trilinear slice extraction of the local search (27 candidate slices per particle over the
+  whole image, 8 complex64 voxels read per sample) at ``memory_bandwidth_GBps``. Accuracy: median angular pose error in degrees.
 - ``recon_abinitio``: issue 5's done-when. Ab-initio (K = 1, 30 mini-batches of 200, 15 deg
   grid) then 6 iterations of refinement from 10,000 simulated particles (box 64, 2 A/px,
   SNR 0.1, CTF 0.8-2 um; ``CRYOKUBE_BENCH_ABINITIO_PARTICLES`` sets the count) with unknown
@@ -71,6 +70,13 @@ def _ctf(stack: ParticleStack, box: int) -> np.ndarray:
             b_factor_A2=t.b_factor_A2,
         )
     )
+
+
+def compile_cpu_kernels() -> None:
+    """Compile the CPU gridding kernels (numba, about 4 s once per process) untimed, so that a
+    one-call timing sees a job's steady state."""
+    rotation = np.eye(3, dtype=np.float32)[None]
+    reconstruct(project(np.zeros((8, 8, 8), np.float32), rotation), rotation)
 
 
 @benchmark("recon_backprojection")
@@ -200,8 +206,7 @@ def refine(machine: dict[str, float]) -> list[Record]:
     volume, stack, pixel_size_A = refine_particles(n, n_particles)
     ctf = _ctf(stack, n)
     truth = stack.truth
-    # untimed: a job's steady state, with the CPU kernels compiled (once per process, ~4 s)
-    refine_3d(stack.images[:40], volume, pixel_size_A=pixel_size_A, ctf=ctf[:40], n_iterations=1)
+    compile_cpu_kernels()
     t0 = time.perf_counter()
     result = refine_3d(
         stack.images, volume, pixel_size_A=pixel_size_A, ctf=ctf, n_iterations=iterations,

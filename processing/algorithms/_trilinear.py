@@ -8,8 +8,8 @@ ran 10 to 30 times slower than the memory traffic it needs. These kernels do the
 arithmetic (the same float32 operations in the same order per sample, the rotation included)
 in one pass per sample, compiled by numba [1]_; tests hold them to the array code.
 
-Only complex64 spectra with float32 or float64 rotations take this path; anything else falls
-back to the array code.
+Only contiguous complex64 spectra and accumulators take this path (rotations float32 or
+float64); anything else, CuPy arrays included, goes through the array code.
 
 References
 ----------
@@ -33,15 +33,19 @@ __all__ = ["extract_slices_cpu", "insert_slices_cpu", "takes_compiled_path"]
 
 
 def takes_compiled_path(spectrum: Any) -> bool:
-    """True when ``spectrum`` (a padded half spectrum or an accumulator's data) is a complex64
-    numpy array, the only kind the kernels serve."""
-    return isinstance(spectrum, np.ndarray) and spectrum.dtype == np.complex64
+    """True when ``spectrum`` (a padded half spectrum or an accumulator's data) is a contiguous
+    complex64 numpy array, the only kind the kernels serve."""
+    return (
+        isinstance(spectrum, np.ndarray)
+        and spectrum.dtype == np.complex64
+        and spectrum.flags.c_contiguous
+    )
 
 
 @numba.njit(inline="always", cache=False)
 def _wrap(i: int, p: int) -> int:  # pragma: no cover - compiled
-    """``i % p`` for ``-p <= i < 2p`` (every index here: ``|k| <= 0.5`` gives ``|g| <= P/2``),
-    without the integer division, which cost more than the rest of a sample."""
+    """``i % p`` for ``-p <= i < 2p`` (every index here: ``|k| <= 0.5`` gives ``|g| <= P/2``)
+    without an integer division."""
     return i + p if i < 0 else (i - p if i >= p else i)
 
 

@@ -5,7 +5,9 @@ The projection of a volume along the beam at a view ``A`` (the rotation matrix o
 central slice of the volume spectrum at the 3D frequencies ``A.T @ (kx, ky, 0)``. The volume is
 zero padded ``oversampling`` times, pre-corrected for the trilinear interpolation kernel
 (gridding), Fourier transformed once (real-to-complex), and every slice is interpolated
-trilinearly from that half spectrum, using Friedel symmetry for the missing half.
+trilinearly from that half spectrum, using Friedel symmetry for the missing half (on the CPU
+by a compiled kernel, :mod:`~cryokube.processing.algorithms._trilinear`, equal to the array
+code to the last bit).
 
 Conventions shared with back-projection (:func:`central_slice_frequencies` and
 :func:`extract_slices` are the reusable parts):
@@ -54,8 +56,9 @@ __all__ = [
 ]
 
 _CHUNK_SAMPLES = 1 << 18
-"""Slice samples interpolated at once: temporaries of a few MB stay in cache on the CPU (2^16 to
-2^20 measured within 20% of each other) while a GPU still gets large kernels."""
+"""Slice samples interpolated at once by the array code (CuPy's path; complex64 on the CPU takes
+the compiled kernel): temporaries of a few MB stay in cache on the CPU (2^16 to 2^20 measured
+within 20% of each other) while a GPU still gets large kernels."""
 
 
 @dataclass(frozen=True)
