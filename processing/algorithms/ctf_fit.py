@@ -303,7 +303,7 @@ def _ring_prefix(
     m = _model(p, params).ravel().astype(np.float64)
     columns = [*background, m, background[1] * m]
     d = p.amplitude.ravel().astype(np.float64)
-    prefix = {
+    prefix: dict[tuple[Any, Any], Array] = {
         (i, j): _prefix_sums(p, columns[i] * columns[j]) for j in (nb, nb + 1) for i in range(j + 1)
     }
     for j in (nb, nb + 1):
@@ -336,7 +336,7 @@ def _radial_ring_prefix(
         """The fixed product equal to background column ``i`` times column 1 (``k^2 - c``)."""
         return (min(i, 1), max(i, 1))
 
-    prefix = {}
+    prefix: dict[tuple[Any, Any], Array] = {}
     for i in range(nb):
         prefix[i, nb] = _cumulative(m * bins[0, i])
         prefix[i, nb + 1] = _cumulative(m * bins[times_x(i)])
