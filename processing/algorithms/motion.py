@@ -389,6 +389,15 @@ def _padded(frame: Array, shape: tuple[int, int], fill: Array) -> Array:
     return out
 
 
+def _halved(frame: Array) -> Array:
+    """Means of the 2 x 2 blocks of a frame with even sides, as float32."""
+    xp = array_module(frame)
+    rows = xp.add(frame[0::2], frame[1::2], dtype=np.float32)
+    out = rows[:, 0::2] + rows[:, 1::2]
+    out *= np.float32(0.25)
+    return out
+
+
 def _taper(size_y: int, size_x: int, xp: ModuleType, width: int) -> Array:
     """Separable cosine edge taper of ``width`` px, 1 inside."""
 
@@ -513,8 +522,19 @@ def align_movie(
     means = parallel_map(lambda i: xp.mean(frames[i], dtype=np.float32), range(first, stop), xp)
     spectra = xp.empty((n_frames, small[0], small[1] // 2 + 1), dtype=np.complex64)
 
+    # Halving in real space first (2 x 2 block means) quarters the FFT work. Below the cropped
+    # Nyquist the block filter keeps 0.85 or more of the signal on each axis at the usual 2.8x
+    # binning, and white counting noise keeps its spectral density (what the filter takes off
+    # comes back folded), so the alignment sees nearly the same spectra.
+    halve = ny % 2 == 0 and nx % 2 == 0 and 2 * small[0] <= padded[0] and 2 * small[1] <= padded[1]
+
     def bin_frame(i: int) -> None:
-        spectra[i] = rfft2_cropped(_padded(frames[first + i], padded, means[i]), small)
+        frame = frames[first + i]
+        if halve:
+            half = (padded[0] // 2, padded[1] // 2)
+            spectra[i] = rfft2_cropped(_padded(_halved(frame), half, means[i]), small)
+        else:
+            spectra[i] = rfft2_cropped(_padded(frame, padded, means[i]), small)
 
     parallel_map(bin_frame, range(n_frames), xp)
     global_small = _align_spectra(
