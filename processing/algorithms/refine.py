@@ -191,26 +191,16 @@ def pose_scores(
     b = spectra.shape[0]
     weighted = (spectra * (transfer * inv_sigma2))[:, None, :] * unshift
     power = references.real**2 + references.imag**2
-    # Re(F conj G) summed over the band is the dot product of the float32 views, real and
-    # imaginary parts interleaved: one matrix product, without copying the strided .real/.imag
-    w = _interleaved(weighted)
-    g = _interleaved(references)
     if references.ndim == 2:
         t = weighted.shape[1]
-        cross = (w.reshape(b * t, -1) @ g.T).reshape(b, t, -1)
+        flat = weighted.reshape(b * t, -1)
+        cross = flat.real @ references.real.T + flat.imag @ references.imag.T
         norm = (transfer * transfer * inv_sigma2) @ power.T
-    else:
-        cross = w @ xp.swapaxes(g, 1, 2)
-        norm = xp.einsum("bm,brm->br", transfer * transfer * inv_sigma2, power)
+        return cross.reshape(b, t, -1) - 0.5 * norm[:, None, :]
+    refs_t = xp.swapaxes(references, 1, 2)
+    cross = weighted.real @ refs_t.real + weighted.imag @ refs_t.imag
+    norm = xp.einsum("bm,brm->br", transfer * transfer * inv_sigma2, power)
     return cross - 0.5 * norm[:, None, :]
-
-
-def _interleaved(x: Array) -> Array:
-    """A complex array (..., M) as reals (..., 2M): each sample's real then imaginary part."""
-    xp = array_module(x)
-    contiguous = xp.ascontiguousarray(x)
-    real = np.float64 if contiguous.dtype == np.complex128 else np.float32
-    return contiguous.view(real)
 
 
 def shell_noise_power(residual_power: Array, band: FourierBand, n_shells: int) -> Array:
