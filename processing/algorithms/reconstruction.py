@@ -193,7 +193,7 @@ def insert_slices(
     # Nyquist row), as each sample also stands for its mate in the half grid
     inside = ((kx * kx + ky * ky) <= max_frequency**2) & ((kx > 0) | (ky >= 0) | (ky == -0.5))
     inside = xp.flatnonzero(inside.reshape(-1))
-    if takes_compiled_path(acc.data):
+    if takes_compiled_path(acc.data) and acc.weight.flags.c_contiguous:
         insert_slices_cpu(
             acc.data,
             acc.weight,
