@@ -277,7 +277,6 @@ def _scatter_x(
     w0 = wzy * wx0
     w1 = wzy * fx
     i = row + x
-    # four adjacent data floats, then two weights: one vector add each once compiled
     data[2 * i] += w0 * re
     data[2 * i + 1] += w0 * im
     data[2 * i + 2] += w1 * re
@@ -297,8 +296,8 @@ def insert_slices_cpu(
 ) -> None:
     """Add the samples ``inside`` (flat indices into an image's ``rfft2`` grid) of ``spectra``
     and ``transfer`` (B, N, N//2 + 1), or one ``transfer`` (1, N, N//2 + 1) for all, with
-    per-slice ``weights`` (B,), to the accumulator
-    ``data``/``weight`` (P, P, P//2 + 1) in place; the array code is ``insert_slices``."""
+    per-slice ``weights`` (B,), to the accumulator ``data``/``weight`` (P, P, P//2 + 1) in
+    place; the array code is ``reconstruction._insert_arrays``."""
     b, n = spectra.shape[0], spectra.shape[1]
     ky = np.broadcast_to(np.fft.fftfreq(n).astype(rotations.dtype)[:, None], spectra.shape[1:])
     kx = np.broadcast_to(np.fft.rfftfreq(n).astype(rotations.dtype)[None, :], spectra.shape[1:])
