@@ -9,8 +9,9 @@
   10 deg rotations, +-3 px shifts, alignment to half Nyquist; 6 mini-batches of 100, then 2
   full passes, counted as particle-iterations) on 4 simulated views. Roofline:
   the flops of the E-step's cross-term matrix product (2 real products of
-  (particles x shifts) x band x (classes x rotations)) at ``fft_GFLOPs_2threads``, the only
-  measured flop rate (a proxy for the BLAS rate). Accuracy: purity of the classes (fraction).
+  (particles x shifts) x band x (classes x rotations)) at ``matmul_GFLOPs`` (before 7 December
+  2026, 23:40 UTC at ``fft_GFLOPs_2threads``, 4 to 5 times below the BLAS rate). Accuracy:
+  purity of the classes (fraction).
 - ``recon_refine``: particles per second per iteration of gold-standard refinement (1 global
   and 2 local iterations), after :func:`compile_cpu_kernels`. Roofline: memory traffic of the
   trilinear slice extraction of the local search (27 candidate slices per particle over the
@@ -178,14 +179,14 @@ def class2d(machine: dict[str, float]) -> list[Record]:
     purity = class_purity(assignments, labels)
     band = int(np.pi * (n / 4) ** 2 / 2)
     flops = 2 * 2 * labels.size * 49 * band * n_classes * 36 * iterations
-    limit_s = flops / (machine["fft_GFLOPs_2threads"] * 1e9)
+    limit_s = flops / (machine["matmul_GFLOPs"] * 1e9)
     return [
         Record(
             f"class2d/iteration_{n}px",
             labels.size * iterations / t,
             "particles/s per iteration",
             ratio_to_limit=t / limit_s,
-            limit="E-step matrix-product flops at fft_GFLOPs_2threads",
+            limit="E-step matrix-product flops at matmul_GFLOPs",
             accuracy=purity,
             accuracy_unit="class purity (fraction), 4 views, SNR 0.1",
         )
