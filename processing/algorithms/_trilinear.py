@@ -123,18 +123,17 @@ def _lerp_x(
 def extract_slices_cpu(
     spectrum: npt.NDArray[np.complex64],
     rotations: npt.NDArray[np.floating[Any]],
-    box_size: int,
+    ky: npt.NDArray[np.floating[Any]],
+    kx: npt.NDArray[np.floating[Any]],
     keep: npt.NDArray[np.bool_] | None,
 ) -> npt.NDArray[np.complex64]:
     """Central slices (B, N, N//2 + 1) of a padded half spectrum (P, P, P//2 + 2), before the
-    centring ramp: zero outside ``keep`` (N, N//2 + 1), or with None outside the sampled cube
-    (``|k| <= 0.5`` on every axis); the array code is ``projection._interpolate``."""
-    n = box_size
-    rot = rotations.astype(np.float64 if rotations.dtype == np.float64 else np.float32)
-    ky = np.fft.fftfreq(n).astype(rot.dtype)
-    kx = np.fft.rfftfreq(n).astype(rot.dtype)
-    out = np.empty((rot.shape[0], n, n // 2 + 1), dtype=np.complex64)
-    mask = np.ones((n, n // 2 + 1), dtype=bool) if keep is None else keep
+    centring ramp, on the image axes ``ky``, ``kx`` (``projection.slice_axes``): zero outside
+    ``keep`` (N, N//2 + 1), or with None outside the sampled cube (``|k| <= 0.5`` on every
+    axis); the array code is ``projection._interpolate``."""
+    rot = rotations.astype(ky.dtype)
+    out = np.empty((rot.shape[0], ky.size, kx.size), dtype=np.complex64)
+    mask = np.ones((ky.size, kx.size), dtype=bool) if keep is None else keep
     with _threads():
         _extract(spectrum.view(np.float32), rot, ky, kx, mask, keep is None, out.view(np.float32))
     return out
@@ -291,16 +290,17 @@ def insert_slices_cpu(
     spectra: npt.NDArray[np.complex64],
     transfer: npt.NDArray[np.float32],
     weights: npt.NDArray[np.float32],
-    rotations: npt.NDArray[np.floating[Any]],
+    rotations: npt.NDArray[np.float32],
     inside: npt.NDArray[np.intp],
+    ky: npt.NDArray[np.float32],
+    kx: npt.NDArray[np.float32],
 ) -> None:
-    """Add the samples ``inside`` (flat indices into an image's ``rfft2`` grid) of ``spectra``
-    and ``transfer`` (B, N, N//2 + 1), or one ``transfer`` (1, N, N//2 + 1) for all, with
-    per-slice ``weights`` (B,), to the accumulator ``data``/``weight`` (P, P, P//2 + 1) in
-    place; the array code is ``reconstruction._insert_arrays``."""
-    b, n = spectra.shape[0], spectra.shape[1]
-    ky = np.broadcast_to(np.fft.fftfreq(n).astype(rotations.dtype)[:, None], spectra.shape[1:])
-    kx = np.broadcast_to(np.fft.rfftfreq(n).astype(rotations.dtype)[None, :], spectra.shape[1:])
+    """Add the samples ``inside`` (flat indices into an image's ``rfft2`` grid, at frequencies
+    ``ky``, ``kx`` each) of ``spectra`` and ``transfer`` (B, N, N//2 + 1), or one ``transfer``
+    (1, N, N//2 + 1) for all, with per-slice ``weights`` (B,), to the accumulator
+    ``data``/``weight`` (P, P, P//2 + 1) in place; the array code is
+    ``reconstruction._insert_arrays``."""
+    b = spectra.shape[0]
     with _threads() as n_threads:
         _insert(
             np.ascontiguousarray(spectra).reshape(b, -1).view(np.float32),
@@ -308,8 +308,8 @@ def insert_slices_cpu(
             weights,
             rotations,
             inside,
-            ky.reshape(-1)[inside],
-            kx.reshape(-1)[inside],
+            ky,
+            kx,
             data.reshape(-1).view(np.float32),
             weight.reshape(-1),
             data.shape[0],

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+import numpy.typing as npt
 from cryokube.processing.algorithms._trilinear import extract_slices_cpu, takes_compiled_path
 from cryokube.processing.backend import (
     Array,
@@ -53,6 +54,7 @@ __all__ = [
     "fourier_volume",
     "gridding_correction",
     "project",
+    "slice_axes",
 ]
 
 _CHUNK_SAMPLES = 1 << 18
@@ -177,15 +179,20 @@ def central_slice_frequencies(rotations: Array, box_size: int) -> Array:
         image's ``rfft2`` half spectrum (rows ky, columns kx).
     """
     rot = _as_rotations(rotations)
-    xp = array_module(rot)
-    dtype = np.float64 if rot.dtype == np.float64 else np.float32
-    rot = rot.astype(dtype, copy=False)
-    ky = xp.fft.fftfreq(box_size).astype(dtype)[:, None]
-    kx = xp.fft.rfftfreq(box_size).astype(dtype)[None, :]
+    ky, kx = slice_axes(box_size, rot.dtype, array_module(rot))
+    rot = rot.astype(ky.dtype, copy=False)
     # row i of A is image axis i in volume coordinates: k_vol = kx * A[0] + ky * A[1]
     a0 = rot[..., None, None, 0, :]
     a1 = rot[..., None, None, 1, :]
-    return kx[..., None] * a0 + ky[..., None] * a1
+    return kx[None, :, None] * a0 + ky[:, None, None] * a1
+
+
+def slice_axes(box_size: int, rotation_dtype: npt.DTypeLike, xp: ModuleType) -> tuple[Array, Array]:
+    """``ky`` (N,) and ``kx`` (N//2 + 1,) of an image's ``rfft2`` grid in cycles/px, in the
+    precision slice frequencies take for rotations of ``rotation_dtype`` (float64 for float64,
+    else float32): the axes of :func:`central_slice_frequencies` and of the CPU kernels."""
+    dtype = np.float64 if np.dtype(rotation_dtype) == np.float64 else np.float32
+    return xp.fft.fftfreq(box_size).astype(dtype), xp.fft.rfftfreq(box_size).astype(dtype)
 
 
 def _interpolate(fvol: FourierVolume, freqs: Array) -> Array:
@@ -256,7 +263,7 @@ def extract_slices(
     ky, kx = fft_freqs((n, n), xp=xp)
     keep = None if max_frequency is None else (kx * kx + ky * ky) <= max_frequency**2
     if takes_compiled_path(fvol.spectrum):
-        out = extract_slices_cpu(fvol.spectrum, rot, n, keep)
+        out = extract_slices_cpu(fvol.spectrum, rot, *slice_axes(n, rot.dtype, np), keep)
     else:
         out = _extract_arrays(fvol, rot, keep)
     out *= _centring_ramp(n, xp).astype(out.dtype)

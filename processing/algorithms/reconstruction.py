@@ -45,6 +45,7 @@ from cryokube.processing.algorithms.fsc import shell_index, soft_spherical_mask
 from cryokube.processing.algorithms.projection import (
     central_slice_frequencies,
     gridding_correction,
+    slice_axes,
 )
 from cryokube.processing.algorithms.symmetry import expand_poses
 from cryokube.processing.backend import (
@@ -194,6 +195,7 @@ def insert_slices(
     inside = ((kx * kx + ky * ky) <= max_frequency**2) & ((kx > 0) | (ky >= 0) | (ky == -0.5))
     inside = xp.flatnonzero(inside.reshape(-1))
     if takes_compiled_path(acc.data) and acc.weight.flags.c_contiguous:
+        axis_y, axis_x = slice_axes(n, np.float32, np)
         insert_slices_cpu(
             acc.data,
             acc.weight,
@@ -202,6 +204,8 @@ def insert_slices(
             np.ones(b, np.float32) if weights is None else np.asarray(weights, np.float32),
             np.asarray(rotations, dtype=np.float32),
             inside,
+            xp.broadcast_to(axis_y[:, None], (n, n // 2 + 1)).reshape(-1)[inside],
+            xp.broadcast_to(axis_x[None, :], (n, n // 2 + 1)).reshape(-1)[inside],
         )
     else:
         _insert_arrays(acc, spectra, rotations, ctf, weights, inside)
