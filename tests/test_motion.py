@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from cryokube.processing.algorithms.motion import (
     MotionResult,
+    _halved_padded,
+    _irfft2_in_place,
     _ramped_sums,
     align_movie,
     dose_weights,
@@ -245,9 +247,10 @@ def test_gpu_matches_cpu() -> None:
     np.testing.assert_allclose(to_host(gpu.micrograph), cpu.micrograph, rtol=1e-3, atol=1e-2)
 
 
-def test_ramped_sums_block_by_block_equal_the_whole_stack() -> None:
-    """The tile correction's blocked ramp-and-sum (a last block shorter than the others
-    included) is the plain formula over the whole stack."""
+@pytest.mark.parametrize("order", ["C", "F"], ids=["compiled", "array code"])
+def test_ramped_sums_equal_the_formula(order: str) -> None:
+    """The tile correction's ramp-and-sum, by the compiled kernel (a C-ordered complex64 stack)
+    and by the array code (any other stack), is the plain formula over the whole stack."""
     rng = np.random.default_rng(3)
     shape = (21, 16)
     stack = rng.standard_normal((5, *shape)).astype(np.float32)
@@ -256,10 +259,39 @@ def test_ramped_sums_block_by_block_equal_the_whole_stack() -> None:
     weights = rng.uniform(0.2, 1.0, spectra.shape).astype(np.complex64)
     moved = fourier_shift(spectra, shifts, shape)
     ramp_y, ramp_x = phase_ramps(shifts, shape, np.complex64)
-    plain, weighted = _ramped_sums(spectra.copy(), ramp_y, ramp_x, weights)
+    plain, weighted = _ramped_sums(np.array(spectra, order=order), ramp_y, ramp_x, weights)
     np.testing.assert_allclose(plain, moved.sum(axis=0), rtol=1e-5, atol=1e-4)
     assert weighted is not None
     np.testing.assert_allclose(weighted, (moved * weights).sum(axis=0), rtol=1e-5, atol=1e-4)
-    alone, none = _ramped_sums(spectra.copy(), ramp_y, ramp_x, None)
+    alone, none = _ramped_sums(np.array(spectra, order=order), ramp_y, ramp_x, None)
     np.testing.assert_array_equal(alone, plain)
     assert none is None
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float16])
+@pytest.mark.parametrize("order", ["C", "F"], ids=["compiled", "array code"])
+def test_halved_frames_are_padded_block_means(dtype: type, order: str) -> None:
+    """Binning's first step, by the compiled kernel (C-ordered frames of the counting dtypes and
+    float32) and by the array code (float16, other layouts): the means of the 2 x 2 blocks,
+    the padding filled with the given value."""
+    rng = np.random.default_rng(4)
+    frame = np.array(rng.integers(0, 200, (10, 14)), dtype=dtype, order=order)
+    out = _halved_padded(frame, (8, 9), np.float32(1.5))
+    assert out.dtype == np.float32
+    expected = frame.astype(np.float64).reshape(5, 2, 7, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(out[:5, :7], expected, rtol=1e-6)
+    assert np.all(out[5:] == 1.5)
+    assert np.all(out[:, 7:] == 1.5)
+
+
+def test_spectra_go_back_to_real_space_in_their_own_memory() -> None:
+    """The binned stack's inverse FFT, written over the spectra frame by frame, equals the
+    batched inverse FFT, for an even and an odd width."""
+    rng = np.random.default_rng(5)
+    for shape in ((12, 16), (12, 15)):
+        images = rng.standard_normal((4, *shape)).astype(np.float32)
+        spectra = rfft2(images)
+        expected = irfft2(spectra, shape)
+        out = _irfft2_in_place(spectra, shape)
+        assert np.shares_memory(out, spectra)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
