@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import re
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from cryokube.processing.io.gain import (
     orient_gain,
 )
 from cryokube.processing.io.movies import (
+    _plain_lzw_strips,
     iter_movie,
     read_movie,
     read_movie_info,
@@ -61,6 +63,33 @@ def test_tiff_round_trip_is_exact(
         assert len(tif.pages) == 5
         if compression == "lzw":
             assert tif.pages.first.compression == tifffile.COMPRESSION.LZW
+
+
+@pytest.mark.parametrize(
+    ("options", "direct"),
+    [
+        ({"rowsperstrip": 7}, True),  # a last strip shorter than the others
+        ({"rowsperstrip": 7, "byteorder": ">"}, False),  # big-endian counts: tifffile swaps
+        ({"rowsperstrip": 7, "predictor": True}, False),  # horizontal differencing
+    ],
+    ids=["plain strips", "big-endian", "predictor"],
+)
+def test_lzw_strips_decode_like_tifffile(
+    tmp_path: Path, counts: np.ndarray, options: dict[str, Any], direct: bool
+) -> None:
+    """LZW pages of plain strips are decoded strip by strip into the frames; other LZW pages
+    go through tifffile; both give tifffile's frames, whole or streamed."""
+    frames = counts.astype(np.uint16) * 300
+    path = tmp_path / "movie.tif"
+    with tifffile.TiffWriter(path, byteorder=options.pop("byteorder", "<")) as tw:
+        for frame in frames:
+            tw.write(frame, compression="lzw", **options)
+    with tifffile.TiffFile(path) as tif:
+        assert _plain_lzw_strips(tif, tif.pages.first) is direct
+        expected = tif.asarray(key=range(len(tif.pages)))
+    np.testing.assert_array_equal(expected, frames)
+    np.testing.assert_array_equal(read_movie(path, n_threads=2), frames)
+    np.testing.assert_array_equal(np.concatenate(list(iter_movie(path, batch_size=2))), frames)
 
 
 def test_tiff_streams_in_batches(tmp_path: Path, counts: np.ndarray) -> None:

@@ -21,7 +21,9 @@ What is not supported
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import sys
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import imagecodecs
 import numpy.typing as npt
 import tifffile
 from cryokube.processing.io.atomic import atomic_path
@@ -169,6 +172,54 @@ def _check_segments(tif: tifffile.TiffFile, pages: list[Any], path: Path) -> Non
             )
 
 
+def _plain_lzw_strips(tif: tifffile.TiffFile, page: Any) -> bool:
+    """True for a page of LZW strips of whole rows without predictor, one sample per pixel, in
+    this machine's byte order: what counting cameras write, and what
+    :func:`_decode_lzw_pages` decodes."""
+    native = "<" if sys.byteorder == "little" else ">"
+    return bool(
+        page.compression == tifffile.COMPRESSION.LZW
+        and page.predictor == 1
+        and page.fillorder == 1
+        and not page.is_tiled
+        and page.samplesperpixel == 1
+        and (page.dtype.itemsize == 1 or tif.byteorder == native)
+        and page.rowsperstrip > 0
+        and len(page.dataoffsets) == math.ceil(page.shape[0] / page.rowsperstrip)
+    )
+
+
+def _decode_lzw_pages(
+    tif: tifffile.TiffFile, pages: list[Any], out: npt.NDArray[Any], n_threads: int
+) -> None:
+    """Decode pages of plain LZW strips into ``out`` (one frame per page), a page per thread.
+
+    Each strip is read with ``pread`` and decoded by imagecodecs straight into its rows of the
+    frame, with no page buffer: ``read_movie`` of a 5760 x 4092 x 50 uint8 movie (91 strips a
+    page) took 2.5-3.6 s on 2 threads against 2.9-3.9 s through tifffile (six runs each,
+    alternated; the decode limit is 2.0 s).
+    """
+    fd = tif.filehandle.fileno()
+
+    def decode(k: int) -> None:
+        page = pages[k]
+        frame = out[k].reshape(-1).view(np.uint8)
+        strip_bytes = page.rowsperstrip * page.shape[1] * page.dtype.itemsize
+        for s, (offset, count) in enumerate(
+            zip(page.dataoffsets, page.databytecounts, strict=True)
+        ):
+            target = frame[s * strip_bytes : (s + 1) * strip_bytes]
+            decoded = imagecodecs.lzw_decode(os.pread(fd, count, offset), out=target)
+            if len(decoded) != len(target):
+                raise ValueError(
+                    f"strip {s} of frame {page.index} decodes to {len(decoded)} bytes, "
+                    f"not {len(target)}"
+                )
+
+    with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="lzw") as pool:
+        list(pool.map(decode, range(len(pages))))
+
+
 def _decode_tiff_batches(
     tif: tifffile.TiffFile,
     info: MovieInfo,
@@ -194,11 +245,19 @@ def _decode_tiff_batches(
                     f"frame {page.index} has shape {page.shape}, frame 0 has {info.frame_shape}",
                 )
         try:
-            raw = tif.asarray(
-                key=list(range(start, stop)),
-                maxworkers=n_threads,
-                out=None if out is None else out[start:stop],
-            )
+            if all(_plain_lzw_strips(tif, page) for page in pages):
+                raw = (
+                    np.empty((stop - start, *info.frame_shape), dtype=pages[0].dtype)
+                    if out is None
+                    else out[start:stop]
+                )
+                _decode_lzw_pages(tif, pages, raw, n_threads)
+            else:
+                raw = tif.asarray(
+                    key=list(range(start, stop)),
+                    maxworkers=n_threads,
+                    out=None if out is None else out[start:stop],
+                )
         except (ValueError, RuntimeError, OSError, IndexError) as exc:
             raise UnreadableCompressionError(
                 path, f"frames {start}-{stop - 1} cannot be decoded ({exc})"
