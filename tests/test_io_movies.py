@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bz2
 import re
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest

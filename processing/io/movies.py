@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import imagecodecs
+import numpy as np
 import numpy.typing as npt
 import tifffile
 from cryokube.processing.io.atomic import atomic_path
