@@ -191,6 +191,22 @@ def irfft2(f: Array, shape: tuple[int, int]) -> Array:
     return irfftn(f, shape, axes=(-2, -1))
 
 
+def median(x: Array) -> Array:
+    """The median of all of ``x``'s values (no NaN), as ``xp.median(x)`` computes it.
+
+    numpy's median partitions around both middle values of an even count; partitioning around
+    the upper one and taking the largest value below it gives the same pair in 60% of the time
+    (1.3 ms against 2.1 ms for a 432^2 float32 image).
+    """
+    xp = array_module(x)
+    flat = x.ravel()
+    n = flat.size
+    if xp is not np or n % 2 or n == 0:
+        return xp.median(flat)
+    part = np.partition(flat, n // 2)
+    return np.mean(np.stack([part[: n // 2].max(), part[n // 2]]))
+
+
 def fft_freqs(shape: tuple[int, ...], *, xp: ModuleType = np, rfft: bool = True) -> list[Array]:
     """Per-axis frequency grids (cycles/pixel), broadcastable, for an ``rfftn`` of ``shape``.
 

@@ -220,3 +220,15 @@ def test_fft_workers_follow_the_setting_and_are_one_inside_parallel_map(
     assert inner == [(i, 1) for i in range(7)]
     monkeypatch.delenv("CRYOKUBE_FFT_WORKERS")
     assert 1 <= bk.fft_workers() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("shape", [(432, 432), (11, 12), (7,), (2,), (5, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_median_is_numpys(shape: tuple[int, ...], dtype: type) -> None:
+    """The one-partition median gives numpy's value and dtype, even and odd counts, ties."""
+    rng = np.random.default_rng(sum(shape))
+    for x in (rng.standard_normal(shape) * 100, rng.integers(0, 3, shape)):
+        values = x.astype(dtype)
+        got, expected = bk.median(values), np.median(values)
+        assert got == expected
+        assert np.asarray(got).dtype == np.asarray(expected).dtype

@@ -7,6 +7,7 @@ import pytest
 from cryokube.processing.algorithms.picking import (
     Picks,
     _local_maxima,
+    _working_shape,
     filter_picks,
     pick_blobs,
     pick_templates,
@@ -178,3 +179,26 @@ def test_local_maxima_are_those_of_a_disc_maximum_filter(radius_px: float) -> No
             score, radius_px=radius_px, border_px=border, min_score=min_score, max_picks=10**6
         )
         np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "factor", "expected"),
+    [
+        ((2048, 2048), 5.0, (432, 432)),  # not 410 = 2 x 5 x 41
+        ((4096, 4096), 5.0, (864, 864)),
+        ((1024, 1024), 1.0, (1024, 1024)),  # no crop
+        ((4096, 3072), 5.0, (864, 648)),  # not 819 x 614
+        ((4092, 5760), 1.13, (3621, 5097)),  # no 5-smooth pair within 10%: rounded
+        ((4092, 5760), 5.0, (818, 1152)),  # the same
+    ],
+)
+def test_working_shape_is_fast_and_keeps_the_scale(
+    shape: tuple[int, int], factor: float, expected: tuple[int, int]
+) -> None:
+    """The picker's cropped sides are at least the rounded ones and at most 10% longer, on one
+    scale for both axes to within a pixel, and transform fast where such sides exist."""
+    got = _working_shape(*shape, factor)
+    assert got == expected
+    rounded = [round(n / factor) for n in shape]
+    assert all(r <= m <= min(1.1 * r, n) for r, m, n in zip(rounded, got, shape, strict=True))
+    assert abs(got[1] - shape[1] * got[0] / shape[0]) <= 1
