@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cryokube.processing.algorithms._spectra import parabola_vertex
 from cryokube.processing.algorithms.fsc import low_pass, soft_spherical_mask
 from cryokube.processing.algorithms.projection import extract_slices, fourier_volume
 from cryokube.processing.algorithms.reconstruction import (
@@ -247,10 +248,8 @@ def _subpixel_peak(cc: npt.NDArray[np.float32], peak: int) -> npt.NDArray[np.flo
     shift = np.where(index > n // 2, index - n, index).astype(np.float64)
     for axis in range(3):
         around = [tuple(index + d * np.eye(3, dtype=int)[axis]) for d in (-1, 0, 1)]
-        left, centre, right = (float(cc[tuple(np.mod(a, n))]) for a in around)
-        curvature = left - 2 * centre + right
-        if curvature < 0:
-            shift[axis] += 0.5 * (left - right) / curvature
+        left, centre, right = (np.float64(cc[tuple(np.mod(a, n))]) for a in around)
+        shift[axis] += parabola_vertex(left, centre, right)
     return shift
 
 
