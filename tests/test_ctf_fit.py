@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryokube.processing.algorithms._ctf_kernels import BACKGROUND_COLUMNS, annulus_partial_r2_cpu
 from cryokube.processing.algorithms._spectra import centred_power_spectrum
 from cryokube.processing.algorithms.ctf_fit import (
+    _Annuli,
+    _partial_r2_arrays,
     estimate_ctf,
     estimate_ctf_patches,
     fit_ctf_spectrum,
@@ -381,3 +384,42 @@ def test_bad_parameters_name_the_field(kwargs: dict[str, object], field: str) ->
 def test_non_square_spectrum_is_rejected() -> None:
     with pytest.raises(ValueError, match="spectrum"):
         fit_ctf_spectrum(np.ones((64, 32)), pixel_size_A=1.0, voltage_kV=300.0, cs_mm=2.7)
+
+
+def test_annulus_regression_kernel_matches_the_array_code() -> None:
+    """The compiled per-bin regression (CPU) gives the array code's signed partial R^2 (CuPy's
+    path) for every bin: wide and narrow annuli, empty ones at the edges, rings in phase and in
+    anti-phase with the data."""
+    rng = np.random.default_rng(11)
+    n_bins, n_points = 512, 20_000
+    n = BACKGROUND_COLUMNS + 2
+    bins = np.sort(rng.integers(0, n_bins, n_points))
+    k2 = bins / n_bins
+    theta = rng.uniform(0, np.pi, n_points)
+    ring = np.cos(40 * k2) ** 2
+    columns = [np.ones(n_points), k2 - 0.5, np.cos(2 * theta), np.sin(2 * theta), ring]
+    columns.append(columns[1] * ring)
+    sign = np.where(k2 < 0.5, 1.0, -1.0)  # anti-phase rings in the outer half
+    data = 2 + k2 + 0.3 * sign * ring + 0.1 * rng.standard_normal(n_points)
+
+    def prefix_of(weights: np.ndarray) -> np.ndarray:
+        per_bin = np.bincount(bins, weights=weights, minlength=n_bins)
+        return np.concatenate([[0.0], np.cumsum(per_bin)])
+
+    prefix: dict[tuple[object, object], np.ndarray] = {
+        (i, j): prefix_of(columns[i] * columns[j]) for i in range(n) for j in range(i, n)
+    }
+    prefix.update({(i, "d"): prefix_of(columns[i] * data) for i in range(n)})
+    prefix["d", "d"] = prefix_of(data * data)
+    centre = np.arange(n_bins)
+    half_width = rng.integers(2, 40, n_bins)
+    lo = np.clip(centre - half_width, 0, n_bins).astype(np.int64)
+    hi = np.clip(centre + half_width + 1, 0, n_bins).astype(np.int64)
+    lo[-3:] = hi[-3:] = n_bins  # empty annuli
+    centred_k2 = (centre + 0.5) / n_bins - 0.5
+    compiled = annulus_partial_r2_cpu(prefix, lo, hi, centred_k2)
+    arrays = _partial_r2_arrays(prefix, _Annuli(lo, hi), centred_k2, BACKGROUND_COLUMNS)
+    np.testing.assert_allclose(compiled, arrays, rtol=1e-7, atol=1e-12)
+    assert np.all(compiled[-3:] == 0)
+    assert (compiled[: n_bins // 3] > 0.1).mean() > 0.6  # rings explain the inner annuli
+    assert (compiled[n_bins // 2 + 50 : -3] < -0.1).mean() > 0.6  # anti-phase counts against

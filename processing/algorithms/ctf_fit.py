@@ -39,6 +39,10 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.optimize
+from cryokube.processing.algorithms._ctf_kernels import (
+    BACKGROUND_COLUMNS,
+    annulus_partial_r2_cpu,
+)
 from cryokube.processing.algorithms._spectra import centred_power_spectrum
 from cryokube.processing.backend import Array, array_module, fourier_crop, radial_frequency, to_host
 from cryokube.processing.ctf import ctf_2d, ctf_radial, electron_wavelength_A
@@ -252,12 +256,22 @@ def _annulus_partial_r2(
     that may vary is not. The angular background terms keep a background that differs between
     directions out of the astigmatism.
     """
-    xp = array_module(p.amplitude)
     annuli = _annuli(p, 0.5 * (params[0] + params[1]))
-    fixed = p.fixed_prefix
     nb = len(p.background_columns)
     ring_prefix = _radial_ring_prefix if radial else _ring_prefix
-    prefix = {**fixed, **ring_prefix(p, params)}
+    prefix = {**p.fixed_prefix, **ring_prefix(p, params)}
+    centred_k2 = p.bin_k2 - p.k2_centre
+    if isinstance(p.amplitude, np.ndarray) and nb == BACKGROUND_COLUMNS:
+        return annulus_partial_r2_cpu(prefix, annuli.lo, annuli.hi, centred_k2)
+    return _partial_r2_arrays(prefix, annuli, centred_k2, nb)
+
+
+def _partial_r2_arrays(
+    prefix: dict[tuple[Any, Any], Array], annuli: _Annuli, centred_k2: Array, nb: int
+) -> Array:
+    """The regression of :func:`_annulus_partial_r2` as array code (CuPy's path; the CPU's is
+    :func:`~cryokube.processing.algorithms._ctf_kernels.annulus_partial_r2_cpu`)."""
+    xp = array_module(centred_k2)
     n = nb + 2
     sums = {(i, j): annuli.sums(prefix[i, j]) for i in range(n) for j in range(i, n)}
     gram = xp.stack(
@@ -272,13 +286,13 @@ def _annulus_partial_r2(
     solved = xp.linalg.solve(
         g_bb + ridge * xp.eye(nb), xp.concatenate([rhs[:, :nb, None], g_br], -1)
     )
-    rss0 = annuli.sums(fixed["d", "d"]) - xp.sum(rhs[:, :nb] * solved[..., 0], axis=-1)
+    rss0 = annuli.sums(prefix["d", "d"]) - xp.sum(rhs[:, :nb] * solved[..., 0], axis=-1)
     schur = g_rr - xp.swapaxes(g_br, -1, -2) @ solved[..., 1:]
     ring_rhs = rhs[:, nb:] - xp.sum(g_br * solved[..., :1], axis=-2)
     ridge = 1e-9 * xp.trace(schur, axis1=-2, axis2=-1)[:, None, None] + 1e-30
     beta = _solve_2x2(schur + ridge * xp.eye(n - nb), ring_rhs)
     explained = xp.sum(beta * ring_rhs, axis=-1)
-    amplitude = beta[:, 0] + beta[:, 1] * (p.bin_k2 - p.k2_centre)
+    amplitude = beta[:, 0] + beta[:, 1] * centred_k2
     return xp.sign(amplitude) * xp.clip(explained / xp.maximum(rss0, 1e-30), 0, 1)
 
 
