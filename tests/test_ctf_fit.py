@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryokube.processing.algorithms._ctf_kernels import BACKGROUND_COLUMNS, annulus_partial_r2_cpu
+from cryokube.processing.algorithms._ctf_kernels import (
+    BACKGROUND_COLUMNS,
+    annulus_partial_r2_cpu,
+    ring_bin_sums_cpu,
+)
 from cryokube.processing.algorithms._spectra import centred_power_spectrum
 from cryokube.processing.algorithms.ctf_fit import (
     _Annuli,
@@ -423,3 +427,24 @@ def test_annulus_regression_kernel_matches_the_array_code() -> None:
     assert np.all(compiled[-3:] == 0)
     assert (compiled[: n_bins // 3] > 0.1).mean() > 0.6  # rings explain the inner annuli
     assert (compiled[n_bins // 2 + 50 : -3] < -0.1).mean() > 0.6  # anti-phase counts against
+
+
+def test_ring_bin_sums_kernel_equals_bincount() -> None:
+    """The one-pass per-bin sums of the ring regressors' products are numpy's ``bincount`` of
+    each product to the bit, points outside the band (bin ``n_bins``) left out."""
+    rng = np.random.default_rng(12)
+    n_bins, n_points = 300, 10_000
+    band_bins = rng.integers(0, n_bins + 1, n_points)  # about 1 in 300 outside the band
+    x = rng.uniform(-0.5, 0.5, n_points)
+    theta = rng.uniform(0, np.pi, n_points)
+    background = [np.ones(n_points), x, np.cos(2 * theta), np.sin(2 * theta)]
+    m = rng.uniform(0, 1, n_points)
+    d = rng.uniform(0, 3, n_points)
+    rows = ring_bin_sums_cpu(band_bins, background, m, d, n_bins)
+    columns = [*background, m, x * m]
+    products = [columns[i] * columns[j] for j in (4, 5) for i in range(j + 1)]
+    products += [m * d, x * m * d]
+    assert rows.shape == (len(products), n_bins)
+    for row, product in zip(rows, products, strict=True):
+        expected = np.bincount(band_bins, weights=product, minlength=n_bins + 1)[:n_bins]
+        np.testing.assert_array_equal(row, expected)

@@ -42,6 +42,7 @@ import scipy.optimize
 from cryokube.processing.algorithms._ctf_kernels import (
     BACKGROUND_COLUMNS,
     annulus_partial_r2_cpu,
+    ring_bin_sums_cpu,
 )
 from cryokube.processing.algorithms._spectra import centred_power_spectrum
 from cryokube.processing.backend import Array, array_module, fourier_crop, radial_frequency, to_host
@@ -315,8 +316,12 @@ def _ring_prefix(
     background = p.background_columns
     nb = len(background)
     m = _model(p, params).ravel().astype(np.float64)
-    columns = [*background, m, background[1] * m]
     d = p.amplitude.ravel().astype(np.float64)
+    if isinstance(m, np.ndarray) and nb == BACKGROUND_COLUMNS:
+        rows = ring_bin_sums_cpu(p.band_bins, background, m, d, p.bin_k2.shape[0])
+        keys = [(i, j) for j in (nb, nb + 1) for i in range(j + 1)] + [(nb, "d"), (nb + 1, "d")]
+        return {key: _cumulative(row) for key, row in zip(keys, rows, strict=True)}
+    columns = [*background, m, background[1] * m]
     prefix: dict[tuple[Any, Any], Array] = {
         (i, j): _prefix_sums(p, columns[i] * columns[j]) for j in (nb, nb + 1) for i in range(j + 1)
     }
