@@ -7,7 +7,8 @@
   resolution of the map against the ground-truth volume, in px.
 - ``recon_class2d``: particles per second per EM iteration of 2D classification (K = 4,
   10 deg rotations, +-3 px shifts, alignment to half Nyquist; 6 mini-batches of 100, then 2
-  full passes, counted as particle-iterations) on 4 simulated views. Roofline:
+  full passes, counted as particle-iterations) on 4 simulated views, after
+  :func:`compile_cpu_kernels` (from 8 December 2026). Roofline:
   the flops of the E-step's cross-term matrix product (2 real products of
   (particles x shifts) x band x (classes x rotations)) at ``matmul_GFLOPs`` (before 7 December
   2026, 23:40 UTC at ``fft_GFLOPs_2threads``, 4 to 5 times below the BLAS rate). Accuracy:
@@ -81,10 +82,11 @@ def _ctf(stack: ParticleStack, box: int) -> np.ndarray:
 
 
 def compile_cpu_kernels() -> None:
-    """Compile the CPU gridding kernels (numba, about 4 s once per process) untimed, so that a
-    one-call timing sees a job's steady state."""
+    """Compile the CPU kernels (numba: gridding about 4 s, bilinear image rotation under 1 s,
+    once per process) untimed, so that a one-call timing sees a job's steady state."""
     rotation = np.eye(3, dtype=np.float32)[None]
     reconstruct(project(np.zeros((8, 8, 8), np.float32), rotation), rotation)
+    rotate_image(np.zeros((1, 8, 8), np.float32), 10.0)
 
 
 @benchmark("recon_backprojection")
@@ -180,6 +182,7 @@ def class2d(machine: dict[str, float]) -> list[Record]:
     n, per_view, n_classes = 48, 100, 4
     images, labels = class2d_particles(n, per_view)
     iterations = class2d_particle_iterations(labels.size)
+    compile_cpu_kernels()
     t0 = time.perf_counter()
     assignments = run_classify_2d(images, n_classes).assignments
     t = time.perf_counter() - t0

@@ -235,6 +235,7 @@ def class2d_peers(_machine: dict[str, float]) -> list[Record]:
     box, per_view, n_classes = 48, 100, 4
     images, labels = class2d_particles(box, per_view)
     iterations = class2d_particle_iterations(labels.size)
+    compile_cpu_kernels()
     result, seconds, peak_MB = timed(lambda: run_classify_2d(images, n_classes))
     rate = labels.size * iterations / seconds
     purity = class_purity(result.assignments, labels)

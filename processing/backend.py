@@ -408,7 +408,9 @@ def rotate_image(x: Array, angle_deg: float, *, order: int = 1) -> Array:
     Counter-clockwise with x along columns and y along rows, y pointing up (how cryo-EM
     programs display images): a point at ``(x, y) = (r, 0)`` from the centre moves to ``(0, r)``.
     The centre is pixel ``(n//2, n//2)`` (the FFT origin after ``fftshift``), the cryo-EM
-    convention. Uses ``scipy.ndimage`` / ``cupyx.scipy.ndimage`` with interpolation ``order``.
+    convention. Uses ``scipy.ndimage`` / ``cupyx.scipy.ndimage`` with interpolation ``order``;
+    bilinear rotations of float numpy images take a compiled kernel that gives scipy's values
+    (:mod:`cryokube.processing._bilinear`).
     """
     xp = array_module(x)
     ndi = ndimage_module(x)
@@ -419,6 +421,11 @@ def rotate_image(x: Array, angle_deg: float, *, order: int = 1) -> Array:
     matrix = np.array([[c, -s], [s, c]])
     centre = np.array([ny // 2, nx // 2], dtype=float)
     offset = centre - matrix @ centre
+    if xp is np and order == 1 and x.dtype in (np.float32, np.float64):
+        # imported here: numba's import is not every user of this module's to pay
+        from cryokube.processing._bilinear import rotate_bilinear_cpu
+
+        return rotate_bilinear_cpu(x, matrix, offset)
     full = np.eye(x.ndim)
     full[-2:, -2:] = matrix
     full_offset = np.zeros(x.ndim)
