@@ -408,8 +408,8 @@ def _irfft2_in_place(spectra: Array, shape: tuple[int, int]) -> Array:
 
     A spectrum row holds ``2 * kx >= shape[1]`` float32 values, so each image fits where its
     spectrum was, and each frame is transformed before it is overwritten. One frame per thread:
-    a 5760 x 4092 x 50 movie's 600 MB binned stack goes back to real space in 0.6 s instead of
-    1.6 s for one batched call and its second 600 MB stack.
+    a 5760 x 4092 x 50 movie's 600 MB binned stack goes back to real space in 0.4-0.6 s, not
+    1.5-1.6 s for one batched call and its second 600 MB stack.
     """
     images = spectra.view(np.float32)[..., : shape[1]]
 

@@ -245,7 +245,7 @@ def _decode_tiff_batches(
                     f"frame {page.index} has shape {page.shape}, frame 0 has {info.frame_shape}",
                 )
         try:
-            if all(_plain_lzw_strips(tif, page) for page in pages):
+            if all(_plain_lzw_strips(tif, p) and p.dtype == info.dtype for p in pages):
                 raw = (
                     np.empty((stop - start, *info.frame_shape), dtype=pages[0].dtype)
                     if out is None
