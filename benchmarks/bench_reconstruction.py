@@ -50,6 +50,7 @@ from cryokube.processing.algorithms.reconstruction import reconstruct
 from cryokube.processing.algorithms.refine import (
     back_project_halves,
     fourier_band,
+    local_perturbations,
     refine_3d,
     so3_grid,
 )
@@ -211,22 +212,30 @@ def refine_particles(n: int, n_particles: int) -> tuple[np.ndarray, ParticleStac
     return volume, stack, pixel_size_A
 
 
+# The refinement's global grid and shift range, passed to refine_3d and counted by refine_work
+REFINE_GLOBAL_STEP_DEG, REFINE_MAX_SHIFT_PX = 15.0, 3
+
+
 def refine_work(
     n: int, n_particles: int, pixel_size_A: float, resolutions_A: list[float]
 ) -> tuple[float, float]:
     """Flops of the pose-score products and bytes of local-search slice interpolation of
     :func:`refine_3d` iterations at ``resolutions_A`` (each iteration's alignment band).
 
-    Iterations 0 and 1 score every particle against the 15-deg SO(3) grid's references at 49
-    and 9 shifts; later ones against 27 candidate rotations at 9 shifts, interpolating each
-    candidate's slice over the whole image (8 complex64 voxels read per sample). A score costs
-    two real products (4 flops per band sample and shift) and the CTF^2-weighted norm (2).
+    Iteration 0 scores every particle against the global SO(3) grid's references at every shift
+    of the range, iteration 1 against the grid at 9 local shifts; later ones against the local
+    candidate rotations at 9 shifts, interpolating each candidate's slice over the whole image
+    (8 complex64 voxels read per sample). A score costs two real products (4 flops per band
+    sample and shift) and the CTF^2-weighted norm (2).
     """
-    references = len(so3_grid(15.0))
+    grid = len(so3_grid(REFINE_GLOBAL_STEP_DEG))
+    candidates = len(local_perturbations(REFINE_GLOBAL_STEP_DEG / 2))
+    all_shifts = (2 * REFINE_MAX_SHIFT_PX + 1) ** 2
     flops = traffic = 0.0
     for iteration, resolution_A in enumerate(resolutions_A):
         band = fourier_band(n, radius_shells=n * pixel_size_A / resolution_A).index.size
-        poses, shifts = (references, 49 if iteration == 0 else 9) if iteration <= 1 else (27, 9)
+        poses = grid if iteration <= 1 else candidates
+        shifts = all_shifts if iteration == 0 else 9
         flops += n_particles * poses * band * (4 * shifts + 2)
         if iteration > 1:
             traffic += n_particles * poses * n * (n // 2 + 1) * 8 * 8
@@ -243,7 +252,8 @@ def refine(machine: dict[str, float]) -> list[Record]:
     t0 = time.perf_counter()
     result = refine_3d(
         stack.images, volume, pixel_size_A=pixel_size_A, ctf=ctf, n_iterations=iterations,
-        initial_resolution_A=20.0,
+        initial_resolution_A=20.0, global_step_deg=REFINE_GLOBAL_STEP_DEG,
+        max_shift_px=REFINE_MAX_SHIFT_PX,
     )  # fmt: skip
     elapsed = time.perf_counter() - t0
     flops, traffic_bytes = refine_work(

@@ -191,6 +191,16 @@ def irfft2(f: Array, shape: tuple[int, int]) -> Array:
     return irfftn(f, shape, axes=(-2, -1))
 
 
+def contiguous_numpy(x: Any, dtypes: Sequence[npt.DTypeLike]) -> bool:
+    """True for a C-contiguous numpy array of one of ``dtypes``: what the compiled CPU kernels
+    serve (anything else, CuPy arrays included, takes the array code)."""
+    return (
+        isinstance(x, np.ndarray)
+        and x.flags.c_contiguous
+        and any(x.dtype == np.dtype(t) for t in dtypes)
+    )
+
+
 def median(x: Array) -> Array:
     """The median of all of ``x``'s values (no NaN), as ``xp.median(x)`` computes it.
 

@@ -20,22 +20,10 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["halved_padded_cpu", "ramped_sums_cpu", "takes_compiled_path"]
+__all__ = ["FRAME_DTYPES", "halved_padded_cpu", "ramped_sums_cpu"]
 
-# Frame dtypes the halving kernel is compiled for (numba has no float16 arithmetic).
-_FRAME_DTYPES = frozenset(
-    np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32)
-)
-
-
-def takes_compiled_path(array: Any) -> bool:
-    """True for a C-contiguous numpy frame of a counting or float32 dtype, or a complex64 stack:
-    the arrays these kernels serve. Anything else, CuPy arrays included, takes the array code."""
-    return (
-        isinstance(array, np.ndarray)
-        and array.flags.c_contiguous
-        and (array.dtype in _FRAME_DTYPES or array.dtype == np.complex64)
-    )
+# Frame dtypes the halving kernel serves (numba has no float16 arithmetic).
+FRAME_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32)
 
 
 @numba.njit(nogil=True, cache=False)

@@ -27,7 +27,7 @@ from typing import Any
 import numba
 import numpy as np
 import numpy.typing as npt
-from cryokube.processing.backend import fft_workers
+from cryokube.processing.backend import contiguous_numpy, fft_workers
 
 __all__ = ["extract_slices_cpu", "insert_slices_cpu", "takes_compiled_path"]
 
@@ -35,11 +35,7 @@ __all__ = ["extract_slices_cpu", "insert_slices_cpu", "takes_compiled_path"]
 def takes_compiled_path(spectrum: Any) -> bool:
     """True when ``spectrum`` (a padded half spectrum or an accumulator's data) is a contiguous
     complex64 numpy array, the only kind the kernels serve."""
-    return (
-        isinstance(spectrum, np.ndarray)
-        and spectrum.dtype == np.complex64
-        and spectrum.flags.c_contiguous
-    )
+    return contiguous_numpy(spectrum, [np.complex64])
 
 
 @numba.njit(inline="always", cache=False)

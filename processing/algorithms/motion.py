@@ -33,9 +33,9 @@ from types import ModuleType
 import numpy as np
 import scipy.fft
 from cryokube.processing.algorithms._motion_kernels import (
+    FRAME_DTYPES,
     halved_padded_cpu,
     ramped_sums_cpu,
-    takes_compiled_path,
 )
 from cryokube.processing.algorithms._spectra import (
     centred_power_spectrum,
@@ -45,6 +45,7 @@ from cryokube.processing.algorithms._spectra import (
 from cryokube.processing.backend import (
     Array,
     array_module,
+    contiguous_numpy,
     fourier_resample,
     fourier_shift,
     irfft2,
@@ -393,7 +394,7 @@ def _padded(frame: Array, shape: tuple[int, int], fill: Array) -> Array:
 def _halved_padded(frame: Array, shape: tuple[int, int], fill: Array) -> Array:
     """Means of the 2 x 2 blocks of a frame with even sides, as float32, padded at the high ends
     to ``shape`` with ``fill``; a contiguous numpy frame takes the compiled kernel."""
-    if takes_compiled_path(frame):
+    if contiguous_numpy(frame, FRAME_DTYPES):
         return halved_padded_cpu(frame, shape, fill)
     xp = array_module(frame)
     rows = xp.add(frame[0::2], frame[1::2], dtype=np.float32)
@@ -691,7 +692,7 @@ def _ramped_sums(
     576^2 tile); the array code is the GPU's path.
     """
     xp = array_module(spectra)
-    if takes_compiled_path(spectra) and spectra.dtype == np.complex64:
+    if contiguous_numpy(spectra, [np.complex64]):
         return ramped_sums_cpu(spectra, ramp_y, ramp_x, weights)
     spectra *= ramp_y
     spectra *= ramp_x
